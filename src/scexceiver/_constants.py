@@ -1,0 +1,6 @@
+"""Names of the tensors a tokenised minibatch carries (shared by ``data`` and ``module``)."""
+
+GENE_IDX = "gene_idx"
+COUNTS = "counts"
+TOKEN_MASK = "token_mask"
+LIBRARY_SIZE = "library_size"

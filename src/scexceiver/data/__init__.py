@@ -1,0 +1,16 @@
+"""Data path: gene statistics, vocabulary, and tokenisation of sparse cells."""
+
+from ._loader import ExceiverDataLoader, ExceiverDataSplitter
+from ._stats import GeneStatistics, gene_statistics
+from ._tokenize import collate_tokens, tokenize_counts
+from ._vocab import GeneVocabulary
+
+__all__ = [
+    "ExceiverDataLoader",
+    "ExceiverDataSplitter",
+    "GeneStatistics",
+    "GeneVocabulary",
+    "collate_tokens",
+    "gene_statistics",
+    "tokenize_counts",
+]

@@ -1,0 +1,88 @@
+"""Per-gene statistics of log-normalised expression in one streaming sparse pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+
+@dataclass(frozen=True)
+class GeneStatistics:
+    """Statistics that define the processed values and the masking rate.
+
+    Attributes
+    ----------
+    mean, std
+        Per-gene mean and (population) std of ``log1p(CP10k)`` over the cells.
+    expressed_mean
+        Per-gene mean processed value over cells where the gene is detected
+        (1 for genes never detected).
+    median_detected
+        Median number of detected genes per cell.
+    n_cells
+        Number of cells used.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    expressed_mean: np.ndarray
+    median_detected: float
+    n_cells: int
+
+
+def gene_statistics(
+    x, indices: np.ndarray | None = None, *, target_sum: float = 1e4, chunk_size: int = 4096
+) -> GeneStatistics:
+    """Compute :class:`GeneStatistics` of raw counts ``x`` over rows ``indices``.
+
+    Reads ``chunk_size`` rows at a time and keeps them sparse, so memory stays bounded
+    by one chunk (backed / on-disk matrices work the same way).
+
+    Parameters
+    ----------
+    x
+        (cells, genes) raw counts: scipy sparse, dense array or backed dataset.
+    indices
+        Rows to use (the training cells); all rows by default.
+    target_sum
+        Counts per cell after library-size scaling.
+    chunk_size
+        Rows per chunk.
+    """
+    if indices is None:
+        indices = np.arange(x.shape[0])
+    indices = np.sort(np.asarray(indices))
+    if indices.size == 0:
+        raise ValueError("Cannot compute gene statistics on zero cells.")
+    n_genes = x.shape[1]
+    total = np.zeros(n_genes)
+    total_sq = np.zeros(n_genes)
+    detected = np.zeros(n_genes)
+    per_cell_detected = []
+    for start in range(0, indices.size, chunk_size):
+        chunk = sparse.csr_matrix(x[indices[start : start + chunk_size]], dtype=np.float64)
+        chunk.eliminate_zeros()
+        library = np.asarray(chunk.sum(axis=1)).ravel()
+        scale = target_sum / np.maximum(library, 1.0)
+        logged = sparse.diags(scale) @ chunk
+        logged.data = np.log1p(logged.data)
+        total += np.asarray(logged.sum(axis=0)).ravel()
+        total_sq += np.asarray(logged.multiply(logged).sum(axis=0)).ravel()
+        detected += np.bincount(logged.indices, minlength=n_genes)
+        per_cell_detected.append(np.diff(chunk.indptr))
+    n = indices.size
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    std = np.where(std > 0, std, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expressed_log_mean = total / detected
+    expressed_mean = np.where(detected > 0, (expressed_log_mean - mean) / std + 1.0, 1.0)
+    return GeneStatistics(
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+        expressed_mean=expressed_mean.astype(np.float32),
+        median_detected=float(np.median(np.concatenate(per_cell_detected))),
+        n_cells=int(n),
+    )

@@ -1,0 +1,85 @@
+"""Turn a sparse minibatch of raw counts into padded gene tokens, without densifying."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+
+from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
+
+
+def tokenize_counts(x: torch.Tensor | np.ndarray | sparse.spmatrix) -> dict[str, torch.Tensor]:
+    """Pad each cell's expressed genes into (gene index, count) tokens.
+
+    Vectorised over the CSR structure (no Python loop over cells). Explicit zeros are
+    dropped; each row's tokens are sorted by gene index; padding holds index
+    ``n_genes`` and count 0.
+
+    Parameters
+    ----------
+    x
+        (cells, genes) raw counts: a torch sparse CSR tensor, a scipy sparse matrix, or
+        a dense array.
+
+    Returns
+    -------
+    ``gene_idx`` (b, n) int64, ``counts`` (b, n) float32, ``token_mask`` (b, n) bool and
+    ``library_size`` (b,) float32, with ``n`` the largest number of expressed genes.
+    """
+    crow, col, val, (n_cells, n_genes) = _csr_parts(x)
+    keep = val != 0
+    if not bool(keep.all()):
+        row = torch.repeat_interleave(torch.arange(n_cells), crow.diff())
+        row, col, val = row[keep], col[keep], val[keep]
+        crow = torch.zeros(n_cells + 1, dtype=torch.int64)
+        crow[1:] = torch.bincount(row, minlength=n_cells).cumsum(0)
+    lengths = crow.diff()
+    row = torch.repeat_interleave(torch.arange(n_cells), lengths)
+    pos = torch.arange(col.numel()) - crow[row]
+    n_max = int(lengths.max()) if n_cells else 0
+    gene_idx = torch.full((n_cells, n_max), n_genes, dtype=torch.int64)
+    counts = torch.zeros((n_cells, n_max), dtype=torch.float32)
+    gene_idx[row, pos] = col
+    counts[row, pos] = val
+    gene_idx, order = gene_idx.sort(dim=1)
+    counts = counts.gather(1, order)
+    library_size = torch.zeros(n_cells, dtype=torch.float32).index_add_(0, row, val)
+    return {
+        GENE_IDX: gene_idx,
+        COUNTS: counts,
+        TOKEN_MASK: gene_idx < n_genes,
+        LIBRARY_SIZE: library_size,
+    }
+
+
+def _csr_parts(x) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]]:
+    if isinstance(x, torch.Tensor):
+        if x.layout != torch.sparse_csr:
+            x = x.to_sparse_csr()
+        return (
+            x.crow_indices().long(),
+            x.col_indices().long(),
+            x.values().float(),
+            tuple(x.shape),
+        )
+    x = sparse.csr_matrix(x)
+    return (
+        torch.from_numpy(x.indptr.astype(np.int64)),
+        torch.from_numpy(x.indices.astype(np.int64)),
+        torch.from_numpy(x.data.astype(np.float32)),
+        x.shape,
+    )
+
+
+def collate_tokens(batch: dict) -> dict[str, torch.Tensor]:
+    """Collate function for scvi-tools' dataset: replace ``X`` by gene tokens.
+
+    Other registered fields (batch, labels) are converted to tensors unchanged.
+    """
+    out = {
+        key: torch.as_tensor(value) for key, value in batch.items() if key != REGISTRY_KEYS.X_KEY
+    }
+    out.update(tokenize_counts(batch[REGISTRY_KEYS.X_KEY]))
+    return out

@@ -1,0 +1,489 @@
+"""ExceiverModel: the scvi-tools model class (AnnData in, arrays out)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager, fields
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from scexceiver.data import (
+    ExceiverDataLoader,
+    ExceiverDataSplitter,
+    GeneVocabulary,
+    gene_statistics,
+)
+from scexceiver.module import ExceiverModule
+from scexceiver.train import ExceiverTrainingPlan
+
+from ._presets import TRAINING, resolve_preset
+
+logger = logging.getLogger(__name__)
+
+
+class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
+    """Exceiver, a single-cell gene expression language model (Connell et al. 2022).
+
+    A Perceiver IO over each cell's expressed genes: learned latent queries cross-attend
+    to value-scaled gene tokens, transformer layers refine the latents, and gene queries
+    cross-attend back to predict held-out expression. The latents are the cell
+    embedding; the rows of the gene table are gene embeddings.
+
+    Parameters
+    ----------
+    adata
+        AnnData (or MuData) registered with :meth:`setup_anndata` (:meth:`setup_mudata`).
+        ``X`` (or the registered layer) must hold raw counts.
+    preset
+        ``"default"``: sparse tokens and the changes that make the architecture learn
+        biology (see the docs). ``"paper"``: the released model's shapes and math
+        exactly (225,359 trainable parameters at 19,067 genes), for reproduction.
+    **model_kwargs
+        Overrides of the preset's module configuration, e.g. ``n_latents``, ``dim``,
+        ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``; see
+        :class:`~scexceiver.module.ExceiverModule` and :class:`~scexceiver.module.Exceiver`.
+
+    Examples
+    --------
+    >>> adata = scexceiver.datasets.pbmc3k()
+    >>> scexceiver.ExceiverModel.setup_anndata(adata)
+    >>> model = scexceiver.ExceiverModel(adata)
+    >>> model.train(max_epochs=20)
+    >>> adata.obsm["X_exceiver"] = model.get_latent_representation()
+    >>> adata.varm["exceiver_gene_embedding"] = model.get_gene_embeddings()
+    """
+
+    _module_cls = ExceiverModule
+    _training_plan_cls = ExceiverTrainingPlan
+    _data_splitter_cls = ExceiverDataSplitter
+    _data_loader_cls = ExceiverDataLoader
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        preset: Literal["default", "paper"] = "default",
+        **model_kwargs,
+    ) -> None:
+        super().__init__(adata)
+        config = resolve_preset(preset, **model_kwargs)
+        self.preset = preset
+        self.module = self._module_cls(
+            n_genes=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            **config,
+        )
+        self.gene_vocabulary_ = GeneVocabulary.from_keys(self._gene_keys(self.adata))
+        n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        self._model_summary_string = (
+            f"ExceiverModel ({preset} preset): {self.summary_stats.n_vars} genes, "
+            f"{config['n_latents']} latents x {config['dim']}, {config['n_layers']} layers, "
+            f"{config['token_mode']} tokens, {n_params:,} trainable parameters."
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData of raw counts with the model.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts in ``X`` or ``layers[layer]`` (sparse is best).
+        layer
+            Layer holding raw counts; ``None`` uses ``X``.
+        batch_key
+            ``obs`` column of batch labels; the model conditions on it.
+        labels_key
+            ``obs`` column of cell labels (used by downstream predictors).
+        gene_key
+            ``var`` column of stable gene identifiers (e.g. Ensembl IDs) that define the
+            gene vocabulary; ``None`` uses ``var_names``.
+        """
+        if gene_key is not None:
+            _check_gene_key(adata.var, gene_key)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        anndata_fields = [
+            fields.LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            fields.CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            fields.CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata,
+        rna_layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_key: str | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register the RNA modality of a MuData with the model.
+
+        Parameters
+        ----------
+        mdata
+            MuData holding raw RNA counts in one modality.
+        rna_layer
+            Layer of the RNA modality with raw counts; ``None`` uses its ``X``.
+        batch_key, labels_key
+            ``obs`` columns, looked up in the modality named in ``modalities``
+            (or in ``mdata.obs`` when no modality is given).
+        gene_key
+            ``var`` column of the RNA modality with stable gene identifiers.
+        modalities
+            Maps argument names to modality names, e.g. ``{"rna_layer": "rna",
+            "batch_key": "rna"}``. ``rna_layer`` is required.
+
+        Examples
+        --------
+        >>> mdata = mudata.MuData({"rna": adata})
+        >>> ExceiverModel.setup_mudata(mdata, modalities={"rna_layer": "rna"})
+        """
+        if not modalities or "rna_layer" not in modalities:
+            raise ValueError(
+                "setup_mudata needs modalities={'rna_layer': <name of the RNA modality>}."
+            )
+        if modalities["rna_layer"] not in mdata.mod:
+            raise ValueError(
+                f"Modality {modalities['rna_layer']!r} not in the MuData; "
+                f"available: {list(mdata.mod)}."
+            )
+        if gene_key is not None:
+            _check_gene_key(mdata.mod[modalities["rna_layer"]].var, gene_key)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
+        mudata_fields = [
+            fields.MuDataLayerField(
+                REGISTRY_KEYS.X_KEY,
+                rna_layer,
+                mod_key=modalities.rna_layer,
+                is_count_data=True,
+                mod_required=True,
+            ),
+            fields.MuDataCategoricalObsField(
+                REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities.batch_key
+            ),
+            fields.MuDataCategoricalObsField(
+                REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=modalities.labels_key
+            ),
+        ]
+        adata_manager = AnnDataManager(fields=mudata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    def _gene_keys(self, adata) -> pd.Index:
+        """Gene keys of ``adata`` (its RNA modality for a MuData) by the registered key."""
+        setup_args = self.adata_manager.registry["setup_args"]
+        modality = (setup_args.get("modalities") or {}).get("rna_layer")
+        var = adata.mod[modality].var if modality is not None else adata.var
+        gene_key = setup_args.get("gene_key")
+        if gene_key is None:
+            return var.index
+        if gene_key not in var.columns:
+            raise ValueError(
+                f"gene_key {gene_key!r} is not a column of var; the model was set up with it."
+            )
+        return pd.Index(var[gene_key].astype(str))
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        warmup_steps: int | None = None,
+        batch_size: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = True,
+        early_stopping_patience: int = 10,
+        early_stopping_min_delta: float = 1e-5,
+        precision: str | None = None,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Pretrain with masked expression prediction.
+
+        Gene statistics (normalisation) and ``n_mask`` are fitted on the training cells
+        the first time the model trains, in one streaming sparse pass; later calls
+        continue training with them. Validation uses a fixed mask and drives early
+        stopping.
+
+        Parameters
+        ----------
+        max_epochs
+            Maximum number of epochs; ``None`` picks ``clip(20_000 / n_cells * 20, 10,
+            200)`` (more epochs for small datasets).
+        lr, weight_decay, warmup_steps, batch_size
+            Optimisation; ``None`` uses the preset's defaults (paper: 3e-4, 1e-5, 500,
+            64; default: 1e-3, 1e-5, 100, 64).
+        accelerator, devices
+            Lightning accelerator and devices (``"auto"``: a GPU when present).
+        train_size, validation_size
+            Fractions of cells for training and validation (seeded by
+            ``scvi.settings.seed``).
+        early_stopping
+            Stop when the validation loss has not improved by ``early_stopping_min_delta``
+            for ``early_stopping_patience`` epochs.
+        precision
+            Lightning precision; ``None`` uses ``"bf16-mixed"`` on a GPU and 32-bit
+            otherwise.
+        plan_kwargs
+            Extra arguments of :class:`~scexceiver.train.ExceiverTrainingPlan`.
+        datasplitter_kwargs
+            Extra arguments of the data splitter (e.g. ``num_workers``).
+        **trainer_kwargs
+            Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``.
+        """
+        defaults = TRAINING[self.preset]
+        plan_kwargs = {
+            "lr": defaults["lr"] if lr is None else lr,
+            "weight_decay": defaults["weight_decay"] if weight_decay is None else weight_decay,
+            "warmup_steps": defaults["warmup_steps"] if warmup_steps is None else warmup_steps,
+            **(plan_kwargs or {}),
+        }
+        batch_size = batch_size or defaults["batch_size"]
+        if max_epochs is None:
+            max_epochs = int(np.clip(20_000 / self.adata.n_obs * 20, 10, 200))
+        if precision is None:
+            precision = "bf16-mixed" if _uses_gpu(accelerator) else "32-true"
+        datamodule = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            **(datasplitter_kwargs or {}),
+        )
+        if not self.module.is_fitted:
+            datamodule.setup()
+            self._fit_statistics(datamodule.train_idx)
+        trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
+        trainer_kwargs.setdefault("gradient_clip_val", 1.0)
+        return super().train(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            early_stopping_min_delta=early_stopping_min_delta,
+            plan_kwargs=plan_kwargs,
+            datamodule=datamodule,
+            precision=precision,
+            **trainer_kwargs,
+        )
+
+    def _fit_statistics(self, train_idx: np.ndarray) -> None:
+        counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        stats = gene_statistics(counts, train_idx)
+        self.module.fit_statistics(
+            torch.from_numpy(stats.mean),
+            torch.from_numpy(stats.std),
+            torch.from_numpy(stats.expressed_mean),
+            stats.median_detected,
+        )
+        logger.info(
+            "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
+            stats.n_cells,
+            stats.median_detected,
+            int(self.module.n_mask),
+        )
+
+    def _check_fitted(self) -> None:
+        if not self.module.is_fitted:
+            raise RuntimeError(
+                "The model has no gene statistics yet: call model.train() first "
+                "(or load a trained model with ExceiverModel.load)."
+            )
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Cell embeddings: the latents after the transformer layers.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to embed; all by default.
+        batch_size
+            Minibatch size; ``None`` uses scvi-tools' default.
+
+        Returns
+        -------
+        (cells, K x dim) array for ``readout="flatten"`` (the paper), (cells, dim) for
+        ``readout="mean"``. Write it to ``adata.obsm`` yourself.
+        """
+        self._check_fitted()
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        out = []
+        for tensors in loader:
+            inference_inputs = self.module._get_inference_input(tensors)
+            latents = self.module.inference(**inference_inputs, masking=False)["latents"]
+            out.append(self.module.embed(latents).float().cpu())
+        return torch.cat(out).numpy()
+
+    def get_gene_embeddings(self, adata: AnnData | None = None) -> np.ndarray:
+        """Gene embeddings (rows of the gene table), aligned with ``adata.var``.
+
+        Parameters
+        ----------
+        adata
+            AnnData whose genes to look up by the model's gene key (``var_names`` or the
+            ``gene_key`` column); ``None`` uses the model's. Genes missing from the
+            model's vocabulary get rows of NaN.
+
+        Returns
+        -------
+        (genes, dim) float32 array. Write it to ``adata.varm`` yourself.
+        """
+        table = self.module.network.gene_embedding.weight.detach().float().cpu().numpy()
+        if adata is None:
+            return table[: len(self.gene_vocabulary_)].copy()
+        positions = self.gene_vocabulary_.positions(self._gene_keys(adata))
+        out = np.full((positions.size, table.shape[1]), np.nan, dtype=np.float32)
+        found = positions >= 0
+        out[found] = table[positions[found]]
+        return out
+
+    @torch.inference_mode()
+    def predict_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame:
+        """Decoder reconstruction of processed expression from each cell's latents.
+
+        Every gene of ``gene_list`` is queried for every cell from the unmasked
+        encoding, as "may be zero" (whole-cell reconstruction in the default preset).
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells; all by default.
+        gene_list
+            Gene keys to predict; all genes by default (memory grows with cells x genes).
+        batch_size
+            Minibatch size.
+
+        Returns
+        -------
+        DataFrame (cells x genes) of predicted processed values (z-scored log CP10k + 1).
+        """
+        self._check_fitted()
+        adata = self._validate_anndata(adata)
+        keys = list(self.gene_vocabulary_.keys) if gene_list is None else list(gene_list)
+        positions = self.gene_vocabulary_.positions(keys)
+        if (positions < 0).any():
+            missing = [k for k, p in zip(keys, positions, strict=True) if p < 0]
+            raise ValueError(f"Genes not in the model's vocabulary: {missing[:10]}.")
+        query = torch.as_tensor(positions, dtype=torch.long)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        rows = [self.module.sample(tensors, query).float().cpu() for tensors in loader]
+        obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
+        return pd.DataFrame(torch.cat(rows).numpy(), index=obs_names, columns=keys)
+
+    @torch.inference_mode()
+    def get_reconstruction_error(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> dict[str, float]:
+        """Masked-gene MSE of the model and of predicting each gene's mean, same masks.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; ``None`` uses the model's.
+        indices
+            Cells to evaluate, e.g. ``model.validation_indices``.
+        batch_size
+            Minibatch size.
+        seed
+            Seed of the fixed masks.
+
+        Returns
+        -------
+        ``{"masked_mse": ..., "gene_mean_mse": ..., "n_masked": ...}``: the baseline
+        predicts each masked gene's mean processed value over training cells where it
+        is detected (the same value the model's output bias starts from).
+        """
+        self._check_fitted()
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        device = next(self.module.parameters()).device
+        self.module.eval()
+        sq_model = sq_mean = n = 0.0
+        baseline = self.module.gene_expressed_mean
+        for i, tensors in enumerate(loader):
+            generator = torch.Generator(device=device).manual_seed(seed + i)
+            inference_outputs, generative_outputs = self.module(
+                tensors, inference_kwargs={"generator": generator}, compute_loss=False
+            )
+            masked = inference_outputs["query_masked"]
+            target = inference_outputs["target"][masked]
+            prediction = generative_outputs["prediction"].float()[masked]
+            sq_model += float(((prediction - target) ** 2).sum())
+            sq_mean += float(
+                ((baseline[inference_outputs["query_idx"][masked]] - target) ** 2).sum()
+            )
+            n += float(masked.sum())
+        return {"masked_mse": sq_model / n, "gene_mean_mse": sq_mean / n, "n_masked": int(n)}
+
+
+def _check_gene_key(var: pd.DataFrame, gene_key: str) -> None:
+    if gene_key not in var.columns:
+        raise ValueError(
+            f"gene_key {gene_key!r} is not a column of var (columns: {list(var.columns)}). "
+            "Pass an existing column, or gene_key=None to use var_names."
+        )
+    if var[gene_key].isna().any():
+        raise ValueError(f"var[{gene_key!r}] has missing values; every gene needs a key.")
+    duplicated = var[gene_key][var[gene_key].duplicated()]
+    if len(duplicated):
+        raise ValueError(
+            f"var[{gene_key!r}] has duplicated keys, e.g. {list(duplicated[:5])}; gene keys "
+            "must be unique."
+        )
+
+
+def _uses_gpu(accelerator: str) -> bool:
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()

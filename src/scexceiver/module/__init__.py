@@ -1,0 +1,17 @@
+"""Pure torch building blocks of Exceiver (no AnnData, no model classes)."""
+
+from ._attention import Attention, CrossAttentionBlock
+from ._exceiver import Exceiver
+from ._masking import draw_masked_tokens, lookup_counts
+from ._module import ExceiverModule
+from ._normalize import ExpressionNormalizer
+
+__all__ = [
+    "Attention",
+    "CrossAttentionBlock",
+    "Exceiver",
+    "ExceiverModule",
+    "ExpressionNormalizer",
+    "draw_masked_tokens",
+    "lookup_counts",
+]

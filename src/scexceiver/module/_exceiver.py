@@ -1,0 +1,240 @@
+"""The Exceiver network: gene tokens -> latents -> gene-query decoder (pure torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ._attention import CrossAttentionBlock
+
+
+class Exceiver(nn.Module):
+    """Perceiver IO over gene tokens, as in Connell, Khan & Keiser (2022).
+
+    A cell is a set of gene tokens built from a shared gene embedding table and each
+    gene's processed expression value. Learned latent queries cross-attend to the tokens,
+    a stack of transformer layers refines the latents, and gene queries (rows of the same
+    embedding table) cross-attend to the latents to predict one value per queried gene.
+
+    Parameters
+    ----------
+    n_genes
+        Size of the gene vocabulary. The embedding table has one extra row, index
+        ``n_genes``, used as the mask / padding token (kept at zero).
+    n_latents
+        Number of latent queries ``K``.
+    dim
+        Width of gene embeddings and latents ``d``.
+    n_layers
+        Number of transformer layers over the latents ``L``.
+    heads
+        Attention heads in every attention layer.
+    ff_dim
+        Feed-forward width of the latent transformer layers.
+    cross_mlp_ratio
+        MLP width of the cross-attention blocks, as a multiple of ``dim``.
+    head_hidden
+        Hidden width of the output head (1 in the release).
+    value_encoding
+        ``"scale"``: token = value x embedding (the release). ``"additive"``: token =
+        embedding + MLP(value), which survives normalisation and lets attention depend on
+        how much a gene is expressed.
+    norm_tokens
+        LayerNorm the gene tokens before the encoder's attention (the release). Combined
+        with ``value_encoding="scale"`` this keeps only the sign of each value.
+    norm_first
+        Pre-norm (``True``) or post-norm (``False``, the release) latent transformer layers.
+    null_token
+        Prepend a learned token every latent can attend to, so a cell with no expressed
+        gene (or every gene masked) still has a well-defined encoding.
+    n_batch
+        Number of batches; 0 or 1 disables batch conditioning.
+    batch_injection
+        ``"decoder"``: a batch embedding is added to every decoder query (batch
+        information need not live in the latents). ``"encoder"``: a batch token joins the
+        encoder's keys/values (the authors' unmerged branch).
+    gene_output_bias
+        Add a learned bias per gene (and per query type) to the prediction, initialised by
+        :meth:`init_output_bias` at the gene's mean.
+    n_query_types
+        Number of learned decoder query types (0 disables). Used to tell the decoder
+        whether a queried gene is known to be expressed (masked) or may be zero.
+    embedding_std
+        Standard deviation of the initial gene embeddings and latents; ``None`` keeps
+        PyTorch's defaults (N(0, 1), as the release).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        *,
+        n_latents: int = 128,
+        dim: int = 4,
+        n_layers: int = 8,
+        heads: int = 4,
+        ff_dim: int = 2048,
+        cross_mlp_ratio: int = 1,
+        head_hidden: int = 1,
+        value_encoding: Literal["scale", "additive"] = "scale",
+        norm_tokens: bool = True,
+        norm_first: bool = False,
+        null_token: bool = False,
+        n_batch: int = 0,
+        batch_injection: Literal["decoder", "encoder"] = "decoder",
+        gene_output_bias: bool = False,
+        n_query_types: int = 0,
+        embedding_std: float | None = None,
+    ) -> None:
+        super().__init__()
+        if value_encoding not in ("scale", "additive"):
+            raise ValueError(
+                f"value_encoding must be 'scale' or 'additive', got {value_encoding!r}."
+            )
+        if batch_injection not in ("decoder", "encoder"):
+            raise ValueError(
+                f"batch_injection must be 'decoder' or 'encoder', got {batch_injection!r}."
+            )
+        self.n_genes = n_genes
+        self.value_encoding = value_encoding
+        self.batch_injection = batch_injection if n_batch > 1 else None
+
+        self.gene_embedding = nn.Embedding(n_genes + 1, dim, padding_idx=n_genes)
+        self.latents = nn.Parameter(torch.randn(n_latents, dim))
+        if embedding_std is not None:
+            nn.init.normal_(self.gene_embedding.weight, std=embedding_std)
+            nn.init.normal_(self.latents, std=embedding_std)
+            with torch.no_grad():
+                self.gene_embedding.weight[n_genes].zero_()
+        self.value_encoder = (
+            nn.Sequential(nn.Linear(1, dim), nn.GELU(), nn.Linear(dim, dim))
+            if value_encoding == "additive"
+            else None
+        )
+        self.null_token = nn.Parameter(torch.zeros(1, 1, dim)) if null_token else None
+        self.batch_embedding = nn.Embedding(n_batch, dim) if self.batch_injection else None
+        if self.batch_embedding is not None and embedding_std is not None:
+            nn.init.normal_(self.batch_embedding.weight, std=embedding_std)
+
+        self.encoder_cross_attention = CrossAttentionBlock(
+            dim, dim, heads=heads, mlp_ratio=cross_mlp_ratio, norm_context=norm_tokens
+        )
+        self.latent_transformer = (
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(
+                    dim,
+                    heads,
+                    ff_dim,
+                    dropout=0.0,
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=norm_first,
+                ),
+                n_layers,
+                enable_nested_tensor=False,
+            )
+            if n_layers > 0
+            else nn.Identity()
+        )
+        self.decoder_cross_attention = CrossAttentionBlock(
+            dim, dim, heads=heads, mlp_ratio=cross_mlp_ratio, norm_context=True
+        )
+        self.query_type_embedding = nn.Embedding(n_query_types, dim) if n_query_types > 0 else None
+        if self.query_type_embedding is not None:
+            nn.init.zeros_(self.query_type_embedding.weight)
+        self.head = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, head_hidden),
+            nn.GELU(),
+            nn.Linear(head_hidden, 1),
+        )
+        self.output_bias = (
+            nn.Parameter(torch.ones(max(n_query_types, 1), n_genes + 1))
+            if gene_output_bias
+            else None
+        )
+
+    @torch.no_grad()
+    def init_output_bias(self, expressed_means: torch.Tensor) -> None:
+        """Start the output bias at each gene's mean processed value.
+
+        Query type 0 ("known to be expressed") starts at the gene's mean over cells where
+        it is detected; other types start at 1, the mean over all cells by construction
+        of the processed values.
+        """
+        if self.output_bias is not None:
+            self.output_bias.fill_(1.0)
+            self.output_bias[0, : self.n_genes] = expressed_means
+
+    def gene_tokens(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Build tokens (b, n, dim) from gene indices and processed values (b, n)."""
+        embedding = self.gene_embedding(gene_idx)
+        if self.value_encoder is None:
+            return values.unsqueeze(-1) * embedding
+        return embedding + self.value_encoder(values.unsqueeze(-1))
+
+    def encode(
+        self,
+        gene_idx: torch.Tensor,
+        values: torch.Tensor,
+        attn_mask: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        return_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode a minibatch of cells into latents.
+
+        Parameters
+        ----------
+        gene_idx
+            (b, n) gene indices of the tokens.
+        values
+            (b, n) processed expression values.
+        attn_mask
+            (b, n) boolean key mask (``True`` = token) or float additive logit bias.
+        batch_index
+            (b,) batch codes, used when ``batch_injection="encoder"``.
+        return_weights
+            Also return the encoder cross-attention weights (b, heads, K, n_keys).
+
+        Returns
+        -------
+        Latents (b, K, dim) and the attention weights or ``None``.
+        """
+        tokens = self.gene_tokens(gene_idx, values)
+        extra = []
+        if self.null_token is not None:
+            extra.append(self.null_token.expand(tokens.shape[0], -1, -1))
+        if self.batch_injection == "encoder":
+            extra.append(self.batch_embedding(batch_index.view(-1)).unsqueeze(1))
+        if extra:
+            tokens = torch.cat([*extra, tokens], dim=1)
+            always = attn_mask.new_ones if attn_mask.dtype == torch.bool else attn_mask.new_zeros
+            attn_mask = torch.cat([always((tokens.shape[0], len(extra))), attn_mask], dim=1)
+        latents = self.latents.expand(tokens.shape[0], -1, -1)
+        latents, weights = self.encoder_cross_attention(
+            latents, tokens, attn_mask=attn_mask, return_weights=return_weights
+        )
+        return self.latent_transformer(latents), weights
+
+    def decode(
+        self,
+        latents: torch.Tensor,
+        query_idx: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        query_type: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Predict processed values (b, m) of the queried genes (b, m) from latents (b, K, dim)."""
+        queries = self.gene_embedding(query_idx)
+        if self.batch_injection == "decoder":
+            queries = queries + self.batch_embedding(batch_index.view(-1)).unsqueeze(1)
+        if self.query_type_embedding is not None and query_type is not None:
+            queries = queries + self.query_type_embedding(query_type)
+        decoded, _ = self.decoder_cross_attention(queries, latents)
+        prediction = self.head(decoded).squeeze(-1)
+        if self.output_bias is not None:
+            row = query_type if query_type is not None else torch.zeros_like(query_idx)
+            prediction = (
+                prediction + self.output_bias[row.clamp(max=len(self.output_bias) - 1), query_idx]
+            )
+        return prediction

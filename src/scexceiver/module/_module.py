@@ -1,0 +1,304 @@
+"""scvi-tools module: normalisation, masking and the masked-expression objective."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+
+from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
+
+from ._exceiver import Exceiver
+from ._masking import draw_masked_tokens, lookup_counts
+from ._normalize import ExpressionNormalizer
+
+QUERY_EXPRESSED = 0
+QUERY_ANY = 1
+
+
+class ExceiverModule(BaseModuleClass):
+    """Exceiver with its self-supervised objective, as an scvi-tools module.
+
+    Inputs are sparse gene tokens of raw counts (see :mod:`scexceiver.data`). Per cell,
+    ``n_mask`` expressed genes are hidden from the encoder and the decoder predicts their
+    processed values (MSE). Optionally the decoder also reconstructs visible expressed
+    genes and genes drawn uniformly from the panel (mostly zeros): whole-cell decoding,
+    which forces the latents to describe the whole profile.
+
+    Parameters
+    ----------
+    n_genes
+        Size of the gene vocabulary.
+    n_batch
+        Number of batches (0 or 1 disables batch conditioning).
+    token_mode
+        ``"sparse"``: only expressed genes are tokens; masked genes are removed from the
+        encoder's keys. ``"dense"``: every gene of the panel is a token (the release);
+        masked genes become the mask token with value 1.
+    dense_mask
+        With dense tokens, how zero-count genes enter attention: ``"additive"`` adds +1
+        to their attention logits (the release's float ``key_padding_mask``);
+        ``"boolean"`` excludes them.
+    mask_fraction
+        ``n_mask = int(mask_fraction * median detected genes per training cell)``.
+    n_visible_queries
+        Visible expressed genes per cell the decoder also reconstructs (sparse mode).
+    n_random_queries
+        Genes per cell drawn uniformly from the panel that the decoder reconstructs,
+        whatever their count (sparse mode).
+    readout
+        Cell embedding: ``"flatten"`` the latents (K x dim values, as the paper) or
+        their ``"mean"`` (dim values).
+    **network_kwargs
+        Passed to :class:`~scexceiver.module.Exceiver`.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_batch: int = 0,
+        *,
+        token_mode: Literal["sparse", "dense"] = "sparse",
+        dense_mask: Literal["additive", "boolean"] = "additive",
+        mask_fraction: float = 0.15,
+        n_visible_queries: int = 0,
+        n_random_queries: int = 0,
+        readout: Literal["flatten", "mean"] = "flatten",
+        **network_kwargs,
+    ) -> None:
+        super().__init__()
+        if token_mode not in ("sparse", "dense"):
+            raise ValueError(f"token_mode must be 'sparse' or 'dense', got {token_mode!r}.")
+        if dense_mask not in ("additive", "boolean"):
+            raise ValueError(f"dense_mask must be 'additive' or 'boolean', got {dense_mask!r}.")
+        if readout not in ("flatten", "mean"):
+            raise ValueError(f"readout must be 'flatten' or 'mean', got {readout!r}.")
+        if token_mode == "dense" and (n_visible_queries or n_random_queries):
+            raise ValueError("Whole-cell decoding queries need token_mode='sparse'.")
+        self.n_genes = n_genes
+        self.token_mode = token_mode
+        self.dense_mask = dense_mask
+        self.mask_fraction = mask_fraction
+        self.n_visible_queries = n_visible_queries
+        self.n_random_queries = n_random_queries
+        self.readout = readout
+        self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
+        self.normalizer = ExpressionNormalizer(n_genes)
+        self.register_buffer("n_mask", torch.tensor(0))
+        self.register_buffer("gene_expressed_mean", torch.ones(n_genes + 1))
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether gene statistics (and ``n_mask``) have been fitted on training cells."""
+        return bool(self.normalizer.fitted)
+
+    @torch.no_grad()
+    def fit_statistics(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        expressed_mean: torch.Tensor,
+        median_detected: float,
+    ) -> None:
+        """Store gene statistics, set ``n_mask`` and start the output bias at gene means.
+
+        Parameters
+        ----------
+        mean, std
+            Per-gene mean and std of ``log1p(CP10k)`` over training cells.
+        expressed_mean
+            Per-gene mean processed value over training cells where the gene is detected.
+        median_detected
+            Median number of detected genes per training cell.
+        """
+        self.normalizer.set_statistics(mean, std)
+        self.n_mask.fill_(int(self.mask_fraction * median_detected))
+        expressed_mean = torch.as_tensor(expressed_mean, dtype=torch.float32)
+        self.gene_expressed_mean[: self.n_genes] = expressed_mean
+        self.network.init_output_bias(expressed_mean)
+
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "gene_idx": tensors[GENE_IDX],
+            "counts": tensors[COUNTS],
+            "token_mask": tensors[TOKEN_MASK],
+            "library_size": tensors[LIBRARY_SIZE],
+            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+        }
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {
+            "latents": inference_outputs["latents"],
+            "query_idx": inference_outputs["query_idx"],
+            "query_type": inference_outputs["query_type"],
+            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+        }
+
+    def _densify(
+        self, gene_idx: torch.Tensor, counts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b = counts.shape[0]
+        dense = counts.new_zeros(b, self.n_genes + 1).scatter_(1, gene_idx, counts)
+        idx = torch.arange(self.n_genes, device=counts.device).expand(b, -1)
+        return idx, dense[:, : self.n_genes]
+
+    @auto_move_data
+    def inference(
+        self,
+        gene_idx: torch.Tensor,
+        counts: torch.Tensor,
+        token_mask: torch.Tensor,
+        library_size: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        masking: bool = True,
+        generator: torch.Generator | None = None,
+        return_weights: bool = False,
+    ) -> dict[str, torch.Tensor | None]:
+        """Normalise, optionally mask, and encode a minibatch of tokenised cells.
+
+        Parameters
+        ----------
+        gene_idx, counts, token_mask
+            (b, n) padded sparse tokens, gene indices sorted per cell.
+        library_size
+            (b,) total counts per cell.
+        batch_index
+            (b, 1) batch codes.
+        masking
+            Draw masked genes and decoder queries (training and validation); ``False``
+            encodes every token (embedding).
+        generator
+            Random generator for the draw (a fixed one gives a fixed validation mask).
+        return_weights
+            Also return the encoder cross-attention weights.
+
+        Returns
+        -------
+        ``latents`` (b, K, dim), ``weights``, the encoder's token ``gene_idx`` and
+        ``attn_mask``, and with masking the decoder ``query_idx``, ``query_type``,
+        ``target``, ``query_valid`` and ``query_masked`` (b, m).
+        """
+        if self.token_mode == "dense":
+            gene_idx, counts = self._densify(gene_idx, counts)
+            expressed = counts > 0
+        else:
+            expressed = token_mask
+        values = self.normalizer(counts, library_size, gene_idx)
+        enc_idx, enc_values, enc_keep = gene_idx, values, expressed
+        out: dict[str, torch.Tensor | None] = {
+            "query_idx": None,
+            "query_type": None,
+            "target": None,
+            "query_valid": None,
+            "query_masked": None,
+        }
+        if masking:
+            draw = draw_masked_tokens(
+                expressed, int(self.n_mask), self.n_visible_queries, generator
+            )
+            pos, valid = draw.masked_pos, draw.masked_valid
+            if self.token_mode == "dense":
+                enc_idx = _scatter_where(enc_idx, pos, valid, self.n_genes)
+                enc_values = _scatter_where(enc_values, pos, valid, 1.0)
+            else:
+                enc_keep = _scatter_where(enc_keep, pos, valid, False)
+            out.update(
+                self._decoder_queries(gene_idx, counts, values, library_size, draw, generator)
+            )
+        if self.token_mode == "dense" and self.dense_mask == "additive":
+            attn_mask = (~expressed).to(values.dtype)
+        else:
+            attn_mask = enc_keep
+        latents, weights = self.network.encode(
+            enc_idx, enc_values, attn_mask, batch_index, return_weights=return_weights
+        )
+        out.update(latents=latents, weights=weights, gene_idx=enc_idx, attn_mask=attn_mask)
+        return out
+
+    def _decoder_queries(
+        self,
+        gene_idx: torch.Tensor,
+        counts: torch.Tensor,
+        values: torch.Tensor,
+        library_size: torch.Tensor,
+        draw,
+        generator: torch.Generator | None,
+    ) -> dict[str, torch.Tensor]:
+        idx = [gene_idx.gather(1, draw.masked_pos), gene_idx.gather(1, draw.visible_pos)]
+        target = [values.gather(1, draw.masked_pos), values.gather(1, draw.visible_pos)]
+        valid = [draw.masked_valid, draw.visible_valid]
+        qtype = [torch.full_like(i, QUERY_EXPRESSED) for i in idx]
+        if self.n_random_queries:
+            b = counts.shape[0]
+            rand = torch.randint(
+                self.n_genes, (b, self.n_random_queries), generator=generator, device=counts.device
+            )
+            idx.append(rand)
+            rand_counts = lookup_counts(gene_idx, counts, rand)
+            target.append(self.normalizer(rand_counts, library_size, rand))
+            valid.append(torch.ones_like(rand, dtype=torch.bool))
+            qtype.append(torch.full_like(rand, QUERY_ANY))
+        masked = torch.zeros_like(torch.cat(valid, dim=1))
+        masked[:, : draw.masked_pos.shape[1]] = draw.masked_valid
+        return {
+            "query_idx": torch.cat(idx, dim=1),
+            "query_type": torch.cat(qtype, dim=1),
+            "target": torch.cat(target, dim=1),
+            "query_valid": torch.cat(valid, dim=1),
+            "query_masked": masked,
+        }
+
+    @auto_move_data
+    def generative(
+        self,
+        latents: torch.Tensor,
+        query_idx: torch.Tensor | None,
+        query_type: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Decode processed values of the queried genes from the latents."""
+        if query_idx is None:
+            return {"prediction": None}
+        return {"prediction": self.network.decode(latents, query_idx, batch_index, query_type)}
+
+    def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
+        """Mean squared error of the predicted processed values over all valid queries."""
+        valid = inference_outputs["query_valid"].float()
+        masked = inference_outputs["query_masked"].float()
+        sq_err = (generative_outputs["prediction"].float() - inference_outputs["target"]) ** 2
+        per_cell = (sq_err * valid).sum(1) / valid.sum(1).clamp(min=1)
+        loss = (sq_err * valid).sum() / valid.sum().clamp(min=1)
+        masked_mse = (sq_err * masked).sum() / masked.sum().clamp(min=1)
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=per_cell,
+            n_obs_minibatch=valid.shape[0],
+            extra_metrics={"masked_mse": masked_mse.detach(), "n_masked": masked.sum().detach()},
+        )
+
+    def embed(self, latents: torch.Tensor) -> torch.Tensor:
+        """Cell embedding from latents (b, K, dim) with the configured readout."""
+        return latents.flatten(1) if self.readout == "flatten" else latents.mean(1)
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict, query_idx: torch.Tensor) -> torch.Tensor:
+        """Predict processed values of genes ``query_idx`` (m,) for every cell, unmasked.
+
+        Genes are queried as "may be zero", i.e. the whole-cell reconstruction.
+        """
+        inference_outputs = self.inference(**self._get_inference_input(tensors), masking=False)
+        latents = inference_outputs["latents"]
+        query = query_idx.to(latents.device).expand(latents.shape[0], -1)
+        qtype = torch.full_like(query, QUERY_ANY)
+        batch_index = tensors.get(REGISTRY_KEYS.BATCH_KEY)
+        return self.network.decode(latents, query, batch_index, qtype)
+
+
+def _scatter_where(
+    x: torch.Tensor, pos: torch.Tensor, where: torch.Tensor, fill: float | bool
+) -> torch.Tensor:
+    """Copy of ``x`` with ``x[i, pos[i, j]] = fill`` wherever ``where[i, j]``."""
+    current = x.gather(1, pos)
+    return x.scatter(1, pos, torch.where(where, torch.full_like(current, fill), current))

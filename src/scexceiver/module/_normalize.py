@@ -1,0 +1,53 @@
+"""Expression normalisation from raw counts, with per-gene statistics stored as buffers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ExpressionNormalizer(nn.Module):
+    """Processed value of raw counts: CP10k, log1p, per-gene z-score, clip above, plus one.
+
+    ``value = min((log1p(1e4 * count / library) - mean_g) / std_g, clip) + 1``, so a gene at
+    its average level has value 1. Statistics are fitted on training cells and stored as
+    buffers, so a saved model normalises new data identically.
+
+    Parameters
+    ----------
+    n_genes
+        Size of the gene vocabulary; buffers carry one extra neutral entry for padding.
+    target_sum
+        Counts per cell after library-size scaling.
+    clip
+        Upper clip of the z-score.
+    """
+
+    def __init__(self, n_genes: int, *, target_sum: float = 1e4, clip: float = 10.0) -> None:
+        super().__init__()
+        self.target_sum = target_sum
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(n_genes + 1))
+        self.register_buffer("std", torch.ones(n_genes + 1))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store per-gene mean and std of ``log1p(CP10k)`` (zero std is treated as 1)."""
+        n = self.mean.shape[0] - 1
+        self.mean[:n] = torch.as_tensor(mean, dtype=self.mean.dtype)
+        self.std[:n] = torch.as_tensor(std, dtype=self.std.dtype).masked_fill(
+            torch.as_tensor(std) <= 0, 1.0
+        )
+        self.fitted.fill_(True)
+
+    def forward(
+        self, counts: torch.Tensor, library_size: torch.Tensor, gene_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """Processed values of ``counts`` (b, n) for genes ``gene_idx`` (b, n).
+
+        ``library_size`` (b,) is each cell's total count over the whole panel.
+        """
+        scale = self.target_sum / library_size.clamp(min=1.0).unsqueeze(-1)
+        z = (torch.log1p(counts * scale) - self.mean[gene_idx]) / self.std[gene_idx]
+        return z.clamp(max=self.clip) + 1.0
