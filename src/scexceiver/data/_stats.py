@@ -19,8 +19,12 @@ class GeneStatistics:
     expressed_mean
         Per-gene mean processed value over cells where the gene is detected
         (1 for genes never detected).
+    detection_rate
+        Per-gene fraction of cells where the gene is detected.
     median_detected
         Median number of detected genes per cell.
+    log_library_mean, log_library_std
+        Mean and std of ``log1p`` of the cells' total counts.
     n_cells
         Number of cells used.
     """
@@ -28,7 +32,10 @@ class GeneStatistics:
     mean: np.ndarray
     std: np.ndarray
     expressed_mean: np.ndarray
+    detection_rate: np.ndarray
     median_detected: float
+    log_library_mean: float
+    log_library_std: float
     n_cells: int
 
 
@@ -61,10 +68,12 @@ def gene_statistics(
     total_sq = np.zeros(n_genes)
     detected = np.zeros(n_genes)
     per_cell_detected = []
+    log_library = []
     for start in range(0, indices.size, chunk_size):
         chunk = sparse.csr_matrix(x[indices[start : start + chunk_size]], dtype=np.float64)
         chunk.eliminate_zeros()
         library = np.asarray(chunk.sum(axis=1)).ravel()
+        log_library.append(np.log1p(library))
         scale = target_sum / np.maximum(library, 1.0)
         logged = sparse.diags(scale) @ chunk
         logged.data = np.log1p(logged.data)
@@ -83,6 +92,9 @@ def gene_statistics(
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
         expressed_mean=expressed_mean.astype(np.float32),
+        detection_rate=(detected / n).astype(np.float32),
         median_detected=float(np.median(np.concatenate(per_cell_detected))),
+        log_library_mean=float(np.mean(np.concatenate(log_library))),
+        log_library_std=float(np.std(np.concatenate(log_library)) or 1.0),
         n_cells=int(n),
     )

@@ -302,7 +302,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             torch.from_numpy(stats.mean),
             torch.from_numpy(stats.std),
             torch.from_numpy(stats.expressed_mean),
+            torch.from_numpy(stats.detection_rate),
             stats.median_detected,
+            stats.log_library_mean,
+            stats.log_library_std,
         )
         logger.info(
             "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",

@@ -13,6 +13,7 @@ PAPER: dict[str, Any] = {
     "mask_fraction": 0.15,
     "n_visible_queries": 0,
     "n_random_queries": 0,
+    "query_sampling": "uniform",
     "readout": "flatten",
     "n_latents": 128,
     "dim": 4,
@@ -27,6 +28,7 @@ PAPER: dict[str, Any] = {
     "null_token": False,
     "batch_injection": "encoder",
     "gene_output_bias": False,
+    "library_conditioning": False,
     "n_query_types": 0,
     "embedding_std": None,
 }
@@ -42,6 +44,7 @@ DEFAULT: dict[str, Any] = {
     "mask_fraction": 0.15,
     "n_visible_queries": 128,
     "n_random_queries": 128,
+    "query_sampling": "variance",
     "readout": "flatten",
     "n_latents": 16,
     "dim": 64,
@@ -56,6 +59,7 @@ DEFAULT: dict[str, Any] = {
     "null_token": True,
     "batch_injection": "decoder",
     "gene_output_bias": True,
+    "library_conditioning": True,
     "n_query_types": 2,
     "embedding_std": 0.02,
 }

@@ -58,6 +58,10 @@ class Exceiver(nn.Module):
     gene_output_bias
         Add a learned bias per gene (and per query type) to the prediction, initialised by
         :meth:`init_output_bias` at the gene's mean.
+    library_conditioning
+        Add an encoding of the cell's standardised log library size to every decoder
+        query, as scVI uses the observed library size: sequencing depth then need not be
+        stored in the latents.
     n_query_types
         Number of learned decoder query types (0 disables). Used to tell the decoder
         whether a queried gene is known to be expressed (masked) or may be zero.
@@ -84,6 +88,7 @@ class Exceiver(nn.Module):
         n_batch: int = 0,
         batch_injection: Literal["decoder", "encoder"] = "decoder",
         gene_output_bias: bool = False,
+        library_conditioning: bool = False,
         n_query_types: int = 0,
         embedding_std: float | None = None,
     ) -> None:
@@ -140,6 +145,7 @@ class Exceiver(nn.Module):
         self.decoder_cross_attention = CrossAttentionBlock(
             dim, dim, heads=heads, mlp_ratio=cross_mlp_ratio, norm_context=True
         )
+        self.library_encoder = nn.Linear(1, dim) if library_conditioning else None
         self.query_type_embedding = nn.Embedding(n_query_types, dim) if n_query_types > 0 else None
         if self.query_type_embedding is not None:
             nn.init.zeros_(self.query_type_embedding.weight)
@@ -223,9 +229,16 @@ class Exceiver(nn.Module):
         query_idx: torch.Tensor,
         batch_index: torch.Tensor | None = None,
         query_type: torch.Tensor | None = None,
+        library: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict processed values (b, m) of the queried genes (b, m) from latents (b, K, dim)."""
+        """Predict processed values (b, m) of the queried genes (b, m) from latents (b, K, dim).
+
+        ``library`` (b,) is the standardised log library size, used with
+        ``library_conditioning``.
+        """
         queries = self.gene_embedding(query_idx)
+        if self.library_encoder is not None:
+            queries = queries + self.library_encoder(library.view(-1, 1, 1).to(queries.dtype))
         if self.batch_injection == "decoder":
             queries = queries + self.batch_embedding(batch_index.view(-1)).unsqueeze(1)
         if self.query_type_embedding is not None and query_type is not None:

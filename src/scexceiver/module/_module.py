@@ -46,8 +46,13 @@ class ExceiverModule(BaseModuleClass):
     n_visible_queries
         Visible expressed genes per cell the decoder also reconstructs (sparse mode).
     n_random_queries
-        Genes per cell drawn uniformly from the panel that the decoder reconstructs,
-        whatever their count (sparse mode).
+        Genes per cell drawn from the panel that the decoder reconstructs, whatever their
+        count (sparse mode).
+    query_sampling
+        How those genes are drawn: ``"uniform"`` over the panel, or ``"variance"``:
+        proportional to ``p (1 - p)`` with ``p`` the gene's detection rate in training
+        cells, so genes that are on in some cells and off in others (the informative
+        ones) are queried most, and never-detected genes not at all.
     readout
         Cell embedding: ``"flatten"`` the latents (K x dim values, as the paper) or
         their ``"mean"`` (dim values).
@@ -65,6 +70,7 @@ class ExceiverModule(BaseModuleClass):
         mask_fraction: float = 0.15,
         n_visible_queries: int = 0,
         n_random_queries: int = 0,
+        query_sampling: Literal["uniform", "variance"] = "uniform",
         readout: Literal["flatten", "mean"] = "flatten",
         **network_kwargs,
     ) -> None:
@@ -73,6 +79,10 @@ class ExceiverModule(BaseModuleClass):
             raise ValueError(f"token_mode must be 'sparse' or 'dense', got {token_mode!r}.")
         if dense_mask not in ("additive", "boolean"):
             raise ValueError(f"dense_mask must be 'additive' or 'boolean', got {dense_mask!r}.")
+        if query_sampling not in ("uniform", "variance"):
+            raise ValueError(
+                f"query_sampling must be 'uniform' or 'variance', got {query_sampling!r}."
+            )
         if readout not in ("flatten", "mean"):
             raise ValueError(f"readout must be 'flatten' or 'mean', got {readout!r}.")
         if token_mode == "dense" and (n_visible_queries or n_random_queries):
@@ -83,11 +93,13 @@ class ExceiverModule(BaseModuleClass):
         self.mask_fraction = mask_fraction
         self.n_visible_queries = n_visible_queries
         self.n_random_queries = n_random_queries
+        self.query_sampling = query_sampling
         self.readout = readout
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         self.normalizer = ExpressionNormalizer(n_genes)
         self.register_buffer("n_mask", torch.tensor(0))
         self.register_buffer("gene_expressed_mean", torch.ones(n_genes + 1))
+        self.register_buffer("query_weights", torch.ones(n_genes))
 
     @property
     def is_fitted(self) -> bool:
@@ -100,7 +112,10 @@ class ExceiverModule(BaseModuleClass):
         mean: torch.Tensor,
         std: torch.Tensor,
         expressed_mean: torch.Tensor,
+        detection_rate: torch.Tensor,
         median_detected: float,
+        log_library_mean: float = 0.0,
+        log_library_std: float = 1.0,
     ) -> None:
         """Store gene statistics, set ``n_mask`` and start the output bias at gene means.
 
@@ -110,14 +125,22 @@ class ExceiverModule(BaseModuleClass):
             Per-gene mean and std of ``log1p(CP10k)`` over training cells.
         expressed_mean
             Per-gene mean processed value over training cells where the gene is detected.
+        detection_rate
+            Per-gene fraction of training cells where the gene is detected.
         median_detected
             Median number of detected genes per training cell.
+        log_library_mean, log_library_std
+            Mean and std of ``log1p`` library sizes of training cells.
         """
-        self.normalizer.set_statistics(mean, std)
+        self.normalizer.set_statistics(mean, std, log_library_mean, log_library_std)
         self.n_mask.fill_(int(self.mask_fraction * median_detected))
         expressed_mean = torch.as_tensor(expressed_mean, dtype=torch.float32)
         self.gene_expressed_mean[: self.n_genes] = expressed_mean
         self.network.init_output_bias(expressed_mean)
+        if self.query_sampling == "variance":
+            p = torch.as_tensor(detection_rate, dtype=torch.float32)
+            weights = p * (1 - p)
+            self.query_weights.copy_(weights if weights.sum() > 0 else torch.ones_like(p))
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         return {
@@ -134,6 +157,7 @@ class ExceiverModule(BaseModuleClass):
             "query_idx": inference_outputs["query_idx"],
             "query_type": inference_outputs["query_type"],
             "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+            "library": inference_outputs["library"],
         }
 
     def _densify(
@@ -177,8 +201,9 @@ class ExceiverModule(BaseModuleClass):
         Returns
         -------
         ``latents`` (b, K, dim), ``weights``, the encoder's token ``gene_idx`` and
-        ``attn_mask``, and with masking the decoder ``query_idx``, ``query_type``,
-        ``target``, ``query_valid`` and ``query_masked`` (b, m).
+        ``attn_mask``, the standardised log ``library`` size, and with masking the
+        decoder ``query_idx``, ``query_type``, ``target``, ``query_valid`` and
+        ``query_masked`` (b, m).
         """
         if self.token_mode == "dense":
             gene_idx, counts = self._densify(gene_idx, counts)
@@ -214,7 +239,13 @@ class ExceiverModule(BaseModuleClass):
         latents, weights = self.network.encode(
             enc_idx, enc_values, attn_mask, batch_index, return_weights=return_weights
         )
-        out.update(latents=latents, weights=weights, gene_idx=enc_idx, attn_mask=attn_mask)
+        out.update(
+            latents=latents,
+            weights=weights,
+            gene_idx=enc_idx,
+            attn_mask=attn_mask,
+            library=self.normalizer.library(library_size),
+        )
         return out
 
     def _decoder_queries(
@@ -232,9 +263,12 @@ class ExceiverModule(BaseModuleClass):
         qtype = [torch.full_like(i, QUERY_EXPRESSED) for i in idx]
         if self.n_random_queries:
             b = counts.shape[0]
-            rand = torch.randint(
-                self.n_genes, (b, self.n_random_queries), generator=generator, device=counts.device
-            )
+            rand = torch.multinomial(
+                self.query_weights,
+                b * self.n_random_queries,
+                replacement=True,
+                generator=generator,
+            ).view(b, -1)
             idx.append(rand)
             rand_counts = lookup_counts(gene_idx, counts, rand)
             target.append(self.normalizer(rand_counts, library_size, rand))
@@ -257,11 +291,13 @@ class ExceiverModule(BaseModuleClass):
         query_idx: torch.Tensor | None,
         query_type: torch.Tensor | None = None,
         batch_index: torch.Tensor | None = None,
+        library: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """Decode processed values of the queried genes from the latents."""
         if query_idx is None:
             return {"prediction": None}
-        return {"prediction": self.network.decode(latents, query_idx, batch_index, query_type)}
+        prediction = self.network.decode(latents, query_idx, batch_index, query_type, library)
+        return {"prediction": prediction}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
         """Mean squared error of the predicted processed values over all valid queries."""
@@ -293,7 +329,9 @@ class ExceiverModule(BaseModuleClass):
         query = query_idx.to(latents.device).expand(latents.shape[0], -1)
         qtype = torch.full_like(query, QUERY_ANY)
         batch_index = tensors.get(REGISTRY_KEYS.BATCH_KEY)
-        return self.network.decode(latents, query, batch_index, qtype)
+        return self.network.decode(
+            latents, query, batch_index, qtype, inference_outputs["library"]
+        )
 
 
 def _scatter_where(

@@ -29,17 +29,34 @@ class ExpressionNormalizer(nn.Module):
         self.clip = clip
         self.register_buffer("mean", torch.zeros(n_genes + 1))
         self.register_buffer("std", torch.ones(n_genes + 1))
+        self.register_buffer("log_library_mean", torch.tensor(0.0))
+        self.register_buffer("log_library_std", torch.tensor(1.0))
         self.register_buffer("fitted", torch.tensor(False))
 
     @torch.no_grad()
-    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Store per-gene mean and std of ``log1p(CP10k)`` (zero std is treated as 1)."""
+    def set_statistics(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        log_library_mean: float = 0.0,
+        log_library_std: float = 1.0,
+    ) -> None:
+        """Store per-gene mean and std of ``log1p(CP10k)`` (zero std is treated as 1).
+
+        ``log_library_*`` standardise ``log1p`` of library sizes (see :meth:`library`).
+        """
+        self.log_library_mean.fill_(log_library_mean)
+        self.log_library_std.fill_(log_library_std)
         n = self.mean.shape[0] - 1
         self.mean[:n] = torch.as_tensor(mean, dtype=self.mean.dtype)
         self.std[:n] = torch.as_tensor(std, dtype=self.std.dtype).masked_fill(
             torch.as_tensor(std) <= 0, 1.0
         )
         self.fitted.fill_(True)
+
+    def library(self, library_size: torch.Tensor) -> torch.Tensor:
+        """Standardised log library size (b,) of library sizes (b,)."""
+        return (torch.log1p(library_size) - self.log_library_mean) / self.log_library_std
 
     def forward(
         self, counts: torch.Tensor, library_size: torch.Tensor, gene_idx: torch.Tensor

@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from scexceiver.data import gene_statistics, tokenize_counts
+from scexceiver.model._presets import resolve_preset
+from scexceiver.module import ExceiverModule
+
+
+def _module(adata, preset="default", **overrides):
+    torch.manual_seed(0)
+    module = ExceiverModule(adata.n_vars, 0, **resolve_preset(preset, **overrides))
+    stats = gene_statistics(adata.X)
+    module.fit_statistics(
+        torch.from_numpy(stats.mean),
+        torch.from_numpy(stats.std),
+        torch.from_numpy(stats.expressed_mean),
+        torch.from_numpy(stats.detection_rate),
+        stats.median_detected,
+        stats.log_library_mean,
+        stats.log_library_std,
+    )
+    return module
+
+
+def test_sparse_and_dense_boolean_paths_give_the_same_latents(pbmc_small):
+    sparse = _module(pbmc_small, null_token=False)
+    dense = _module(
+        pbmc_small,
+        token_mode="dense",
+        dense_mask="boolean",
+        null_token=False,
+        n_visible_queries=0,
+        n_random_queries=0,
+    )
+    dense.load_state_dict(sparse.state_dict())
+    tokens = tokenize_counts(pbmc_small.X[:16])
+    with torch.no_grad():
+        a = sparse.inference(**sparse._get_inference_input(tokens), masking=False)["latents"]
+        b = dense.inference(**dense._get_inference_input(tokens), masking=False)["latents"]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_sparse_and_dense_agree_when_every_gene_is_a_token():
+    from anndata import AnnData
+    from scipy import sparse as sp
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 20, size=(8, 40)).astype(np.float32)  # no zeros
+    adata = AnnData(sp.csr_matrix(counts))
+    sparse_module = _module(adata, null_token=False)
+    dense = _module(
+        adata,
+        token_mode="dense",
+        dense_mask="boolean",
+        null_token=False,
+        n_visible_queries=0,
+        n_random_queries=0,
+    )
+    additive = _module(
+        adata,
+        token_mode="dense",
+        dense_mask="additive",
+        null_token=False,
+        n_visible_queries=0,
+        n_random_queries=0,
+    )
+    dense.load_state_dict(sparse_module.state_dict())
+    additive.load_state_dict(sparse_module.state_dict())
+    tokens = tokenize_counts(adata.X)
+    with torch.no_grad():
+        outs = [
+            m.inference(**m._get_inference_input(tokens), masking=False)["latents"]
+            for m in (sparse_module, dense, additive)
+        ]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    # with no zero genes the additive mask is all zeros: same result again
+    torch.testing.assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-4)
+
+
+class _ShapeRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def test_sparse_path_never_builds_a_cells_by_genes_tensor(pbmc_small):
+    module = _module(pbmc_small)
+    n_cells, n_genes = 7, pbmc_small.n_vars
+    tokens = tokenize_counts(pbmc_small.X[:n_cells])
+    with _ShapeRecorder() as recorder:
+        _, _, loss = module(tokens)
+        loss.loss.backward()
+    cell_by_gene = [
+        s for s in recorder.shapes if len(s) >= 2 and s[0] == n_cells and max(s[1:]) >= n_genes
+    ]
+    assert recorder.shapes and not cell_by_gene
+    # the dense path does build one, which is what this test would catch
+    dense = _module(pbmc_small, "paper", n_layers=1)
+    with _ShapeRecorder() as recorder:
+        dense(tokens)
+    assert any(len(s) >= 2 and s[0] == n_cells and max(s[1:]) >= n_genes for s in recorder.shapes)
+
+
+def test_loss_is_mse_over_valid_queries_and_masked_genes_are_hidden(pbmc_small):
+    module = _module(pbmc_small)
+    tokens = tokenize_counts(pbmc_small.X[:32])
+    g = torch.Generator().manual_seed(0)
+    inference, generative, loss = module(tokens, inference_kwargs={"generator": g})
+    valid, target = inference["query_valid"], inference["target"]
+    expected = ((generative["prediction"] - target)[valid] ** 2).mean()
+    torch.testing.assert_close(loss.loss, expected)
+    n_mask = int(module.n_mask)
+    assert n_mask == int(0.15 * np.median(np.diff(pbmc_small.X.indptr)))
+    assert inference["query_masked"].sum(1).tolist() == [n_mask] * 32
+    # masked genes are not visible to the encoder
+    masked_genes = inference["query_idx"][inference["query_masked"]]
+    rows = torch.nonzero(inference["query_masked"])[:, 0]
+    visible = inference["attn_mask"][rows] & (inference["gene_idx"][rows] == masked_genes[:, None])
+    assert not visible.any()
+    # targets of masked genes are the processed values of expressed genes
+    assert torch.all(target[inference["query_masked"]] > 1 - module.normalizer.mean[:-1].max())
+
+
+def test_random_queries_follow_the_variance_weights(pbmc_small):
+    module = _module(pbmc_small)
+    never = torch.nonzero(module.query_weights == 0).ravel()
+    tokens = tokenize_counts(pbmc_small.X[:64])
+    inference = module.inference(**module._get_inference_input(tokens))
+    drawn = inference["query_idx"][inference["query_type"] == 1]
+    assert drawn.numel() == 64 * module.n_random_queries
+    assert not torch.isin(drawn, never).any()
+
+
+def test_zero_count_cell_and_invalid_options(pbmc_small):
+    module = _module(pbmc_small)
+    x = pbmc_small.X[:3].copy().tolil()
+    x[1, :] = 0
+    tokens = tokenize_counts(x.tocsr())
+    _, _, loss = module(tokens)
+    assert torch.isfinite(loss.loss)
+    with torch.no_grad():
+        latents = module.inference(**module._get_inference_input(tokens), masking=False)["latents"]
+    assert torch.isfinite(latents).all()
+    with pytest.raises(ValueError, match="token_mode"):
+        ExceiverModule(10, token_mode="ragged")
+    with pytest.raises(ValueError, match="sparse"):
+        ExceiverModule(10, token_mode="dense", n_random_queries=3)
