@@ -16,12 +16,16 @@ import scexceiver
 
 CONFIGS = {
     "default": {},
+    "additive_values": {"value_encoding": "additive"},
     "uniform_queries": {"query_sampling": "uniform"},
     "mean_readout": {"readout": "mean"},
     "random512": {"n_random_queries": 512},
     "random512_visible0": {"n_random_queries": 512, "n_visible_queries": 0},
     "masked_only": {"n_random_queries": 0, "n_visible_queries": 0},
     "scale_values": {"value_encoding": "scale"},
+    "identity_values": {"value_encoding": "identity"},
+    "no_visible": {"n_visible_queries": 0},
+    "scale_no_library": {"value_encoding": "scale", "library_conditioning": False},
     "dim32": {"dim": 32, "head_hidden": 32},
     "latents32": {"n_latents": 32},
     "layers4": {"n_layers": 4},
@@ -60,6 +64,9 @@ def main() -> None:
             knn = scexceiver.tl.knn_label_accuracy(z, labels)
             knn_std = scexceiver.tl.knn_label_accuracy(zs, labels)
             rec = model.get_reconstruction_error(indices=model.validation_indices)
+            log_library = np.log1p(np.asarray(adata.X.sum(1)).ravel())
+            pcs = np.linalg.svd(zs - zs.mean(0), full_matrices=False)[0][:, :5]
+            depth_corr = max(abs(np.corrcoef(pcs[:, i], log_library)[0, 1]) for i in range(5))
             row = {
                 "config": name + args.tag,
                 "seed": seed,
@@ -70,20 +77,26 @@ def main() -> None:
                 "knn_macro_f1": round(knn["macro_f1"], 4),
                 "knn_macro_f1_standardised": round(knn_std["macro_f1"], 4),
                 "masked_mse": round(rec["masked_mse"], 4),
+                "depth_corr_top5_pcs": round(float(depth_corr), 3),
                 "gene_mean_mse": round(rec["gene_mean_mse"], 4),
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(
-        f"\n{'config':<22}{'seed':>5}{'sec':>8}{'kNN acc':>9}{'kNN F1':>8}{'F1 std':>8}{'MSE':>8}{'mean MSE':>9}"
-    )
+    columns = {
+        "config": "config",
+        "seed": "seed",
+        "train_seconds": "sec",
+        "knn_accuracy": "kNN acc",
+        "knn_macro_f1": "kNN F1",
+        "knn_macro_f1_standardised": "F1 std",
+        "masked_mse": "MSE",
+        "gene_mean_mse": "mean MSE",
+        "depth_corr_top5_pcs": "depth r",
+    }
+    print("\n" + "".join(f"{h:>22}" if k == "config" else f"{h:>10}" for k, h in columns.items()))
     for r in rows:
-        print(
-            f"{r['config']:<22}{r['seed']:>5}{r['train_seconds']:>8}{r['knn_accuracy']:>9}"
-            f"{r['knn_macro_f1']:>8}{r['knn_macro_f1_standardised']:>8}{r['masked_mse']:>8}"
-            f"{r['gene_mean_mse']:>9}"
-        )
+        print("".join(f"{r[k]!s:>22}" if k == "config" else f"{r[k]!s:>10}" for k in columns))
     with open(args.out, "w") as fh:
         json.dump(rows, fh, indent=1)
 

@@ -33,8 +33,9 @@ def knn_label_accuracy(
 
     Returns
     -------
-    ``accuracy`` and ``macro_f1`` over held-out folds, and ``majority`` (the accuracy of
-    always predicting the most frequent label) as the chance level.
+    dict
+        ``accuracy`` and ``macro_f1`` over held-out folds, and ``majority`` (the
+        accuracy of always predicting the most frequent label) as the chance level.
     """
     labels = np.asarray(labels)
     predicted = np.empty_like(labels)
@@ -65,6 +66,11 @@ def batch_mixing(embedding: np.ndarray, batches: np.ndarray, *, n_neighbors: int
         (cells,) batch labels; at least two batches.
     n_neighbors
         Neighbourhood size.
+
+    Returns
+    -------
+    float
+        Mean normalised batch entropy of the cells' neighbourhoods.
     """
     codes, batches = np.unique(np.asarray(batches), return_inverse=True)
     if codes.size < 2:

@@ -25,8 +25,10 @@ def tokenize_counts(x: torch.Tensor | np.ndarray | sparse.spmatrix) -> dict[str,
 
     Returns
     -------
-    ``gene_idx`` (b, n) int64, ``counts`` (b, n) float32, ``token_mask`` (b, n) bool and
-    ``library_size`` (b,) float32, with ``n`` the largest number of expressed genes.
+    dict
+        ``gene_idx`` (b, n) int64, ``counts`` (b, n) float32, ``token_mask`` (b, n) bool
+        and ``library_size`` (b,) float32, with ``n`` the largest number of expressed
+        genes.
     """
     crow, col, val, (n_cells, n_genes) = _csr_parts(x)
     keep = val != 0

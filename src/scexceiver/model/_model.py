@@ -341,8 +341,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        (cells, K x dim) array for ``readout="flatten"`` (the paper), (cells, dim) for
-        ``readout="mean"``. Write it to ``adata.obsm`` yourself.
+        numpy.ndarray
+            (cells, K x dim) for ``readout="flatten"`` (the paper), (cells, dim) for
+            ``readout="mean"``. Write it to ``adata.obsm`` yourself.
         """
         self._check_fitted()
         adata = self._validate_anndata(adata)
@@ -367,7 +368,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        (genes, dim) float32 array. Write it to ``adata.varm`` yourself.
+        numpy.ndarray
+            (genes, dim) float32. Write it to ``adata.varm`` yourself.
         """
         table = self.module.network.gene_embedding.weight.detach().float().cpu().numpy()
         if adata is None:
@@ -404,7 +406,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        DataFrame (cells x genes) of predicted processed values (z-scored log CP10k + 1).
+        pandas.DataFrame
+            Cells x genes predicted processed values (z-scored log CP10k + 1).
         """
         self._check_fitted()
         adata = self._validate_anndata(adata)
@@ -443,9 +446,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
         Returns
         -------
-        ``{"masked_mse": ..., "gene_mean_mse": ..., "n_masked": ...}``: the baseline
-        predicts each masked gene's mean processed value over training cells where it
-        is detected (the same value the model's output bias starts from).
+        dict
+            ``masked_mse`` of the model, ``gene_mean_mse`` of a baseline predicting each
+            masked gene's mean processed value over training cells where it is detected
+            (where the model's output bias starts), and ``n_masked`` genes scored.
         """
         self._check_fitted()
         adata = self._validate_anndata(adata)

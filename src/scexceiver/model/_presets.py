@@ -53,7 +53,7 @@ DEFAULT: dict[str, Any] = {
     "ff_dim": 256,
     "cross_mlp_ratio": 2,
     "head_hidden": 64,
-    "value_encoding": "additive",
+    "value_encoding": "scale",
     "norm_tokens": False,
     "norm_first": True,
     "null_token": True,

@@ -59,7 +59,8 @@ class Attention(nn.Module):
 
         Returns
         -------
-        The attended queries (b, m, query_dim) and the weights or ``None``.
+        tuple
+            The attended queries (b, m, query_dim) and the weights or ``None``.
         """
         q = self._split_heads(self.to_q(queries))
         k = self._split_heads(self.to_k(context))

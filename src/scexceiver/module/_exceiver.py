@@ -40,7 +40,8 @@ class Exceiver(nn.Module):
     value_encoding
         ``"scale"``: token = value x embedding (the release). ``"additive"``: token =
         embedding + MLP(value), which survives normalisation and lets attention depend on
-        how much a gene is expressed.
+        how much a gene is expressed. ``"identity"``: token = embedding, i.e. only which
+        genes are detected (what the release's LayerNorm leaves of its tokens).
     norm_tokens
         LayerNorm the gene tokens before the encoder's attention (the release). Combined
         with ``value_encoding="scale"`` this keeps only the sign of each value.
@@ -81,7 +82,7 @@ class Exceiver(nn.Module):
         ff_dim: int = 2048,
         cross_mlp_ratio: int = 1,
         head_hidden: int = 1,
-        value_encoding: Literal["scale", "additive"] = "scale",
+        value_encoding: Literal["scale", "additive", "identity"] = "scale",
         norm_tokens: bool = True,
         norm_first: bool = False,
         null_token: bool = False,
@@ -93,9 +94,10 @@ class Exceiver(nn.Module):
         embedding_std: float | None = None,
     ) -> None:
         super().__init__()
-        if value_encoding not in ("scale", "additive"):
+        if value_encoding not in ("scale", "additive", "identity"):
             raise ValueError(
-                f"value_encoding must be 'scale' or 'additive', got {value_encoding!r}."
+                "value_encoding must be 'scale', 'additive' or 'identity', "
+                f"got {value_encoding!r}."
             )
         if batch_injection not in ("decoder", "encoder"):
             raise ValueError(
@@ -117,6 +119,10 @@ class Exceiver(nn.Module):
             if value_encoding == "additive"
             else None
         )
+        if self.value_encoder is not None:
+            # tokens start as pure gene identity; the value's contribution grows in training
+            nn.init.zeros_(self.value_encoder[-1].weight)
+            nn.init.zeros_(self.value_encoder[-1].bias)
         self.null_token = nn.Parameter(torch.zeros(1, 1, dim)) if null_token else None
         self.batch_embedding = nn.Embedding(n_batch, dim) if self.batch_injection else None
         if self.batch_embedding is not None and embedding_std is not None:
@@ -146,6 +152,9 @@ class Exceiver(nn.Module):
             dim, dim, heads=heads, mlp_ratio=cross_mlp_ratio, norm_context=True
         )
         self.library_encoder = nn.Linear(1, dim) if library_conditioning else None
+        if self.library_encoder is not None:
+            nn.init.zeros_(self.library_encoder.weight)
+            nn.init.zeros_(self.library_encoder.bias)
         self.query_type_embedding = nn.Embedding(n_query_types, dim) if n_query_types > 0 else None
         if self.query_type_embedding is not None:
             nn.init.zeros_(self.query_type_embedding.weight)
@@ -176,8 +185,10 @@ class Exceiver(nn.Module):
     def gene_tokens(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Build tokens (b, n, dim) from gene indices and processed values (b, n)."""
         embedding = self.gene_embedding(gene_idx)
-        if self.value_encoder is None:
+        if self.value_encoding == "scale":
             return values.unsqueeze(-1) * embedding
+        if self.value_encoding == "identity":
+            return embedding
         return embedding + self.value_encoder(values.unsqueeze(-1))
 
     def encode(
@@ -205,7 +216,8 @@ class Exceiver(nn.Module):
 
         Returns
         -------
-        Latents (b, K, dim) and the attention weights or ``None``.
+        tuple
+            Latents (b, K, dim) and the attention weights or ``None``.
         """
         tokens = self.gene_tokens(gene_idx, values)
         extra = []

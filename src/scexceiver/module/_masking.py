@@ -41,7 +41,9 @@ def draw_masked_tokens(
 
     Returns
     -------
-    Positions (b, n_mask) and (b, n_visible) into the token axis with validity masks.
+    TokenDraw
+        Positions (b, n_mask) and (b, n_visible) into the token axis with validity
+        masks.
     """
     b, n = token_mask.shape
     n_tokens = token_mask.sum(dim=1)

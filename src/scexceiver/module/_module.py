@@ -200,10 +200,11 @@ class ExceiverModule(BaseModuleClass):
 
         Returns
         -------
-        ``latents`` (b, K, dim), ``weights``, the encoder's token ``gene_idx`` and
-        ``attn_mask``, the standardised log ``library`` size, and with masking the
-        decoder ``query_idx``, ``query_type``, ``target``, ``query_valid`` and
-        ``query_masked`` (b, m).
+        dict
+            ``latents`` (b, K, dim), ``weights``, the encoder's token ``gene_idx`` and
+            ``attn_mask``, the standardised log ``library`` size, and with masking the
+            decoder ``query_idx``, ``query_type``, ``target``, ``query_valid`` and
+            ``query_masked`` (b, m).
         """
         if self.token_mode == "dense":
             gene_idx, counts = self._densify(gene_idx, counts)
