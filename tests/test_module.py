@@ -11,16 +11,7 @@ from scexceiver.module import ExceiverModule
 def _module(adata, preset="default", **overrides):
     torch.manual_seed(0)
     module = ExceiverModule(adata.n_vars, 0, **resolve_preset(preset, **overrides))
-    stats = gene_statistics(adata.X)
-    module.fit_statistics(
-        torch.from_numpy(stats.mean),
-        torch.from_numpy(stats.std),
-        torch.from_numpy(stats.expressed_mean),
-        torch.from_numpy(stats.detection_rate),
-        stats.median_detected,
-        stats.log_library_mean,
-        stats.log_library_std,
-    )
+    module.fit_statistics(gene_statistics(adata.X))
     return module
 
 

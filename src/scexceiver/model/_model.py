@@ -298,15 +298,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         stats = gene_statistics(counts, train_idx)
-        self.module.fit_statistics(
-            torch.from_numpy(stats.mean),
-            torch.from_numpy(stats.std),
-            torch.from_numpy(stats.expressed_mean),
-            torch.from_numpy(stats.detection_rate),
-            stats.median_detected,
-            stats.log_library_mean,
-            stats.log_library_std,
-        )
+        self.module.fit_statistics(stats)
         logger.info(
             "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
             stats.n_cells,

@@ -107,38 +107,30 @@ class ExceiverModule(BaseModuleClass):
         return bool(self.normalizer.fitted)
 
     @torch.no_grad()
-    def fit_statistics(
-        self,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        expressed_mean: torch.Tensor,
-        detection_rate: torch.Tensor,
-        median_detected: float,
-        log_library_mean: float = 0.0,
-        log_library_std: float = 1.0,
-    ) -> None:
+    def fit_statistics(self, stats) -> None:
         """Store gene statistics, set ``n_mask`` and start the output bias at gene means.
 
         Parameters
         ----------
-        mean, std
-            Per-gene mean and std of ``log1p(CP10k)`` over training cells.
-        expressed_mean
-            Per-gene mean processed value over training cells where the gene is detected.
-        detection_rate
-            Per-gene fraction of training cells where the gene is detected.
-        median_detected
-            Median number of detected genes per training cell.
-        log_library_mean, log_library_std
-            Mean and std of ``log1p`` library sizes of training cells.
+        stats
+            Statistics of the training cells with the attributes of
+            :class:`scexceiver.data.GeneStatistics`: per-gene ``mean`` and ``std`` of
+            ``log1p(CP10k)``, ``expressed_mean`` (mean processed value where detected),
+            ``detection_rate``, and per-cell ``median_detected``, ``log_library_mean``
+            and ``log_library_std``.
         """
-        self.normalizer.set_statistics(mean, std, log_library_mean, log_library_std)
-        self.n_mask.fill_(int(self.mask_fraction * median_detected))
-        expressed_mean = torch.as_tensor(expressed_mean, dtype=torch.float32)
+        self.normalizer.set_statistics(
+            torch.as_tensor(stats.mean),
+            torch.as_tensor(stats.std),
+            stats.log_library_mean,
+            stats.log_library_std,
+        )
+        self.n_mask.fill_(int(self.mask_fraction * stats.median_detected))
+        expressed_mean = torch.as_tensor(stats.expressed_mean, dtype=torch.float32)
         self.gene_expressed_mean[: self.n_genes] = expressed_mean
         self.network.init_output_bias(expressed_mean)
         if self.query_sampling == "variance":
-            p = torch.as_tensor(detection_rate, dtype=torch.float32)
+            p = torch.as_tensor(stats.detection_rate, dtype=torch.float32)
             weights = p * (1 - p)
             self.query_weights.copy_(weights if weights.sum() > 0 else torch.ones_like(p))
 
