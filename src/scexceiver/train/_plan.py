@@ -79,10 +79,14 @@ class ExceiverTrainingPlan(TrainingPlan):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Loss on one validation minibatch with the fixed mask of that batch."""
-        device = next(self.module.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(self.validation_seed + batch_idx)
+        generator = self.validation_generator(batch_idx)
         _, _, loss_output = self.forward(batch, inference_kwargs={"generator": generator})
         self._log_loss(loss_output, "validation", loss_output.n_obs_minibatch)
+
+    def validation_generator(self, batch_idx: int) -> torch.Generator:
+        """Generator of the fixed masks of validation batch ``batch_idx``."""
+        device = next(self.module.parameters()).device
+        return torch.Generator(device=device).manual_seed(self.validation_seed + batch_idx)
 
     def configure_optimizers(self) -> dict:
         """Adam over trainable parameters with linear warmup, then a constant rate."""
