@@ -105,7 +105,7 @@ def test_paper_preset_trains_and_learns(pbmc_small):
     assert model.module.token_mode == "dense"
     n_params = sum(p.numel() for p in model.module.parameters() if p.requires_grad)
     assert n_params == 1001 * 4 + 512 + 152 * 2 + 8 * 18_532 + 15
-    model.train(max_epochs=3, warmup_steps=10, check_val_every_n_epoch=1)
+    model.train(max_epochs=4, lr=3e-3, warmup_steps=5, batch_size=32, check_val_every_n_epoch=1)
     loss = model.history["train_loss"]["train_loss"].to_numpy(dtype=float)
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
     z = model.get_latent_representation()

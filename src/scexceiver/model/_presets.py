@@ -34,10 +34,10 @@ PAPER: dict[str, Any] = {
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
-#: (DESIGN.md section 6 and the closing notes of the core issue): sparse tokens,
-#: an additive value encoding that no LayerNorm cancels, whole-cell decoding with
-#: typed queries, batch in the decoder, a per-gene output bias at the gene mean,
-#: small initial embeddings and pre-norm layers.
+#: (DESIGN.md section 6, benchmarks/results/): sparse tokens, value-scaled tokens with
+#: no LayerNorm to cancel the value, whole-cell decoding with typed queries, batch and
+#: library size in the decoder, a per-gene output bias at the gene mean, small initial
+#: embeddings and pre-norm layers.
 DEFAULT: dict[str, Any] = {
     "token_mode": "sparse",
     "dense_mask": "boolean",
