@@ -15,22 +15,32 @@ def _module(adata, preset="default", **overrides):
     return module
 
 
-def test_sparse_and_dense_boolean_paths_give_the_same_latents(pbmc_small):
-    sparse = _module(pbmc_small, null_token=False)
+def _dense_twin(adata, sparse_module, dense_mask="boolean"):
+    """A dense-token module with the same weights as ``sparse_module``."""
     dense = _module(
-        pbmc_small,
+        adata,
         token_mode="dense",
-        dense_mask="boolean",
+        dense_mask=dense_mask,
         null_token=False,
         n_visible_queries=0,
         n_random_queries=0,
     )
-    dense.load_state_dict(sparse.state_dict())
+    dense.load_state_dict(sparse_module.state_dict())
+    return dense
+
+
+@torch.no_grad()
+def _latents(module, tokens):
+    return module.inference(**module._get_inference_input(tokens), masking=False)["latents"]
+
+
+def test_sparse_and_dense_boolean_paths_give_the_same_latents(pbmc_small):
+    sparse = _module(pbmc_small, null_token=False)
+    dense = _dense_twin(pbmc_small, sparse)
     tokens = tokenize_counts(pbmc_small.X[:16])
-    with torch.no_grad():
-        a = sparse.inference(**sparse._get_inference_input(tokens), masking=False)["latents"]
-        b = dense.inference(**dense._get_inference_input(tokens), masking=False)["latents"]
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        _latents(sparse, tokens), _latents(dense, tokens), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_sparse_and_dense_agree_when_every_gene_is_a_token():
@@ -41,33 +51,13 @@ def test_sparse_and_dense_agree_when_every_gene_is_a_token():
     counts = rng.integers(1, 20, size=(8, 40)).astype(np.float32)  # no zeros
     adata = AnnData(sp.csr_matrix(counts))
     sparse_module = _module(adata, null_token=False)
-    dense = _module(
-        adata,
-        token_mode="dense",
-        dense_mask="boolean",
-        null_token=False,
-        n_visible_queries=0,
-        n_random_queries=0,
-    )
-    additive = _module(
-        adata,
-        token_mode="dense",
-        dense_mask="additive",
-        null_token=False,
-        n_visible_queries=0,
-        n_random_queries=0,
-    )
-    dense.load_state_dict(sparse_module.state_dict())
-    additive.load_state_dict(sparse_module.state_dict())
     tokens = tokenize_counts(adata.X)
-    with torch.no_grad():
-        outs = [
-            m.inference(**m._get_inference_input(tokens), masking=False)["latents"]
-            for m in (sparse_module, dense, additive)
-        ]
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    reference = _latents(sparse_module, tokens)
+    boolean = _latents(_dense_twin(adata, sparse_module), tokens)
+    torch.testing.assert_close(reference, boolean, atol=1e-5, rtol=1e-4)
     # with no zero genes the additive mask is all zeros: same result again
-    torch.testing.assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-4)
+    additive = _latents(_dense_twin(adata, sparse_module, "additive"), tokens)
+    torch.testing.assert_close(reference, additive, atol=1e-5, rtol=1e-4)
 
 
 class _ShapeRecorder(TorchDispatchMode):
