@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from scexceiver.model._presets import DEFAULT, PAPER
@@ -96,3 +97,14 @@ def test_batch_injection_changes_where_batch_enters():
         pa = network.decode(a, query, torch.tensor([[0]]), library=library)
         pb = network.decode(a, query, torch.tensor([[1]]), library=library)
         assert torch.allclose(pa, pb) == (injection == "encoder")
+
+
+def test_identity_encoding_ignores_values_and_bad_encoding_is_rejected():
+    torch.manual_seed(0)
+    network = _network(50, DEFAULT, value_encoding="identity")
+    gene_idx, values, mask = _cell()
+    low, _ = network.encode(gene_idx, values, mask)
+    high, _ = network.encode(gene_idx, values * 7.0, mask)
+    torch.testing.assert_close(low, high)
+    with pytest.raises(ValueError, match="value_encoding"):
+        _network(50, DEFAULT, value_encoding="rank")
