@@ -31,15 +31,14 @@ def tokenize_counts(x: torch.Tensor | np.ndarray | sparse.spmatrix) -> dict[str,
         genes.
     """
     crow, col, val, (n_cells, n_genes) = _csr_parts(x)
-    keep = val != 0
-    if not bool(keep.all()):
-        row = torch.repeat_interleave(torch.arange(n_cells), crow.diff())
-        row, col, val = row[keep], col[keep], val[keep]
-        crow = torch.zeros(n_cells + 1, dtype=torch.int64)
-        crow[1:] = torch.bincount(row, minlength=n_cells).cumsum(0)
     lengths = crow.diff()
     row = torch.repeat_interleave(torch.arange(n_cells), lengths)
-    pos = torch.arange(col.numel()) - crow[row]
+    keep = val != 0
+    if not bool(keep.all()):
+        row, col, val = row[keep], col[keep], val[keep]
+        lengths = torch.bincount(row, minlength=n_cells)
+    starts = lengths.cumsum(0) - lengths
+    pos = torch.arange(col.numel()) - starts[row]
     n_max = int(lengths.max()) if n_cells else 0
     gene_idx = torch.full((n_cells, n_max), n_genes, dtype=torch.int64)
     counts = torch.zeros((n_cells, n_max), dtype=torch.float32)

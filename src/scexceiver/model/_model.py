@@ -115,7 +115,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             gene vocabulary; ``None`` uses ``var_names``.
         """
         if gene_key is not None:
-            _check_gene_key(adata.var, gene_key)
+            GeneVocabulary.from_keys(_var_gene_keys(adata.var, gene_key))
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
             fields.LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -169,7 +169,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
                 f"available: {list(mdata.mod)}."
             )
         if gene_key is not None:
-            _check_gene_key(mdata.mod[modalities["rna_layer"]].var, gene_key)
+            GeneVocabulary.from_keys(
+                _var_gene_keys(mdata.mod[modalities["rna_layer"]].var, gene_key)
+            )
         setup_method_args = cls._get_setup_method_args(**locals())
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
         mudata_fields = [
@@ -196,14 +198,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         setup_args = self.adata_manager.registry["setup_args"]
         modality = (setup_args.get("modalities") or {}).get("rna_layer")
         var = adata.mod[modality].var if modality is not None else adata.var
-        gene_key = setup_args.get("gene_key")
-        if gene_key is None:
-            return var.index
-        if gene_key not in var.columns:
-            raise ValueError(
-                f"gene_key {gene_key!r} is not a column of var; the model was set up with it."
-            )
-        return pd.Index(var[gene_key].astype(str))
+        return _var_gene_keys(var, setup_args.get("gene_key"))
 
     def train(
         self,
@@ -306,12 +301,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             int(self.module.n_mask),
         )
 
-    def _check_fitted(self) -> None:
+    def _inference_loader(self, adata, indices, batch_size):
+        """Validated ``adata`` and a data loader over it, with the module in eval mode."""
         if not self.module.is_fitted:
             raise RuntimeError(
                 "The model has no gene statistics yet: call model.train() first "
                 "(or load a trained model with ExceiverModel.load)."
             )
+        adata = self._validate_anndata(adata)
+        self.module.eval()
+        return adata, self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -337,10 +336,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             (cells, K x dim) for ``readout="flatten"`` (the paper), (cells, dim) for
             ``readout="mean"``. Write it to ``adata.obsm`` yourself.
         """
-        self._check_fitted()
-        adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
+        _, loader = self._inference_loader(adata, indices, batch_size)
         out = []
         for tensors in loader:
             inference_inputs = self.module._get_inference_input(tensors)
@@ -401,16 +397,13 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         pandas.DataFrame
             Cells x genes predicted processed values (z-scored log CP10k + 1).
         """
-        self._check_fitted()
-        adata = self._validate_anndata(adata)
+        adata, loader = self._inference_loader(adata, indices, batch_size)
         keys = list(self.gene_vocabulary_.keys) if gene_list is None else list(gene_list)
         positions = self.gene_vocabulary_.positions(keys)
         if (positions < 0).any():
             missing = [k for k, p in zip(keys, positions, strict=True) if p < 0]
             raise ValueError(f"Genes not in the model's vocabulary: {missing[:10]}.")
         query = torch.as_tensor(positions, dtype=torch.long)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
         rows = [self.module.sample(tensors, query).float().cpu() for tensors in loader]
         obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
         return pd.DataFrame(torch.cat(rows).numpy(), index=obs_names, columns=keys)
@@ -443,11 +436,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             masked gene's mean processed value over training cells where it is detected
             (where the model's output bias starts), and ``n_masked`` genes scored.
         """
-        self._check_fitted()
-        adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        _, loader = self._inference_loader(adata, indices, batch_size)
         device = next(self.module.parameters()).device
-        self.module.eval()
         sq_model = sq_mean = n = 0.0
         baseline = self.module.gene_expressed_mean
         for i, tensors in enumerate(loader):
@@ -466,7 +456,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         return {"masked_mse": sq_model / n, "gene_mean_mse": sq_mean / n, "n_masked": int(n)}
 
 
-def _check_gene_key(var: pd.DataFrame, gene_key: str) -> None:
+def _var_gene_keys(var: pd.DataFrame, gene_key: str | None) -> pd.Index:
+    """Gene keys of ``var``: its index, or the ``gene_key`` column as strings."""
+    if gene_key is None:
+        return var.index
     if gene_key not in var.columns:
         raise ValueError(
             f"gene_key {gene_key!r} is not a column of var (columns: {list(var.columns)}). "
@@ -474,12 +467,7 @@ def _check_gene_key(var: pd.DataFrame, gene_key: str) -> None:
         )
     if var[gene_key].isna().any():
         raise ValueError(f"var[{gene_key!r}] has missing values; every gene needs a key.")
-    duplicated = var[gene_key][var[gene_key].duplicated()]
-    if len(duplicated):
-        raise ValueError(
-            f"var[{gene_key!r}] has duplicated keys, e.g. {list(duplicated[:5])}; gene keys "
-            "must be unique."
-        )
+    return pd.Index(var[gene_key].astype(str))
 
 
 def _uses_gpu(accelerator: str) -> bool:

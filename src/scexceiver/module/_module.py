@@ -11,7 +11,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
 
 from ._exceiver import Exceiver
-from ._masking import draw_masked_tokens, lookup_counts
+from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
 from ._normalize import ExpressionNormalizer
 
 QUERY_EXPRESSED = 0
@@ -247,7 +247,7 @@ class ExceiverModule(BaseModuleClass):
         counts: torch.Tensor,
         values: torch.Tensor,
         library_size: torch.Tensor,
-        draw,
+        draw: TokenDraw,
         generator: torch.Generator | None,
     ) -> dict[str, torch.Tensor]:
         idx = [gene_idx.gather(1, draw.masked_pos), gene_idx.gather(1, draw.visible_pos)]

@@ -59,7 +59,7 @@ class ExceiverTrainingPlan(TrainingPlan):
 
     def _log_loss(self, loss_output: LossOutput, mode: str, batch_size: int) -> None:
         metrics = {
-            f"{'train' if mode == 'train' else 'validation'}_loss": loss_output.loss,
+            f"{mode}_loss": loss_output.loss,
             f"masked_mse_{mode}": loss_output.extra_metrics["masked_mse"],
         }
         self.log_dict(
