@@ -8,10 +8,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scvi
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager, fields
+from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from scexceiver.data import (
@@ -21,7 +23,8 @@ from scexceiver.data import (
     gene_statistics,
 )
 from scexceiver.module import ExceiverModule
-from scexceiver.train import ExceiverTrainingPlan
+from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
+from scexceiver.train._checkpoint import resolve_resume
 
 from ._presets import TRAINING, resolve_preset
 
@@ -216,6 +219,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping_patience: int = 10,
         early_stopping_min_delta: float = 1e-5,
         precision: str | None = None,
+        seed: int | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every_n_epochs: int = 1,
+        resume_from: str | None = None,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -246,13 +253,32 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         precision
             Lightning precision; ``None`` uses ``"bf16-mixed"`` on a GPU and 32-bit
             otherwise.
+        seed
+            Sets ``scvi.settings.seed`` (the train/validation split, shuffling and
+            training masks) before training; two CPU runs with the same seed from the
+            same initial weights are bit-identical. ``None`` keeps the current seed.
+        checkpoint_dir
+            Directory for full training checkpoints (weights, optimiser, scheduler, loop
+            and RNG states; see :class:`~scexceiver.train.PeriodicCheckpoint`).
+        checkpoint_every_n_epochs
+            Epochs between checkpoints.
+        resume_from
+            Checkpoint to resume training from: a ``.ckpt`` path, or ``"last"`` for the
+            latest one in ``checkpoint_dir``. With the same seed, data and
+            ``max_epochs``, the resumed run ends with the weights of an uninterrupted
+            one.
         plan_kwargs
             Extra arguments of :class:`~scexceiver.train.ExceiverTrainingPlan`.
         datasplitter_kwargs
             Extra arguments of the data splitter (e.g. ``num_workers``).
         **trainer_kwargs
-            Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``.
+            Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``, e.g.
+            ``strategy="ddp"`` with ``devices=4`` (each rank trains on its own shard of
+            every epoch; see the scaling guide).
         """
+        if seed is not None:
+            scvi.settings.seed = seed
+        ckpt_path = resolve_resume(resume_from, checkpoint_dir)
         defaults = TRAINING[self.preset]
         plan_kwargs = {
             "lr": defaults["lr"] if lr is None else lr,
@@ -270,6 +296,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
+            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
             **(datasplitter_kwargs or {}),
         )
         if not self.module.is_fitted:
@@ -277,6 +304,11 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             self._fit_statistics(datamodule.train_idx)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
+        if checkpoint_dir is not None:
+            callback = PeriodicCheckpoint(checkpoint_dir, checkpoint_every_n_epochs)
+            trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), callback]
+        if ckpt_path is not None:
+            trainer_kwargs["ckpt_path"] = ckpt_path
         return super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,

@@ -1,5 +1,6 @@
-"""Training plan for Exceiver."""
+"""Training plan and checkpointing for Exceiver."""
 
+from ._checkpoint import PeriodicCheckpoint
 from ._plan import ExceiverTrainingPlan
 
-__all__ = ["ExceiverTrainingPlan"]
+__all__ = ["ExceiverTrainingPlan", "PeriodicCheckpoint"]

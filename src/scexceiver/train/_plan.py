@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scvi import settings
 from scvi.module.base import BaseModuleClass, LossOutput
 from scvi.train import TrainingPlan
 
@@ -18,7 +20,11 @@ class ExceiverTrainingPlan(TrainingPlan):
     Validation draws its masks from a generator seeded by ``validation_seed`` and the
     batch index, so the same genes are hidden every epoch and the validation loss is
     comparable across epochs (and not 0, as it would be if masking followed
-    ``self.training``).
+    ``self.training``). Training masks come from a generator seeded by ``(seed, rank,
+    global step)``: runs with the same seed draw the same masks, a resumed run draws
+    the masks the uninterrupted run would have drawn, and the ranks of a multi-device
+    run draw different masks. Checkpoints also carry torch's global RNG state (which
+    drives the shuffling of the training cells), restored on resume.
 
     Parameters
     ----------
@@ -34,6 +40,8 @@ class ExceiverTrainingPlan(TrainingPlan):
         Optimiser steps of linear warmup.
     validation_seed
         Seed of the fixed validation masks.
+    seed
+        Seed of the training masks; ``None`` uses ``scvi.settings.seed``.
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan`.
     """
@@ -47,11 +55,13 @@ class ExceiverTrainingPlan(TrainingPlan):
         eps: float = 1e-8,
         warmup_steps: int = 500,
         validation_seed: int = 0,
+        seed: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(module, lr=lr, weight_decay=weight_decay, eps=eps, **kwargs)
         self.warmup_steps = warmup_steps
         self.validation_seed = validation_seed
+        self.seed = (settings.seed or 0) if seed is None else seed
 
     def forward(self, *args, **kwargs):
         """Run the module (no scvi-tools VAE arguments)."""
@@ -73,7 +83,8 @@ class ExceiverTrainingPlan(TrainingPlan):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Masked-expression loss on one minibatch with a fresh random mask."""
-        _, _, loss_output = self.forward(batch)
+        generator = self.training_generator(self.global_step, self.global_rank)
+        _, _, loss_output = self.forward(batch, inference_kwargs={"generator": generator})
         self._log_loss(loss_output, "train", loss_output.n_obs_minibatch)
         return loss_output.loss
 
@@ -87,6 +98,21 @@ class ExceiverTrainingPlan(TrainingPlan):
         """Generator of the fixed masks of validation batch ``batch_idx``."""
         device = next(self.module.parameters()).device
         return torch.Generator(device=device).manual_seed(self.validation_seed + batch_idx)
+
+    def training_generator(self, step: int, rank: int = 0) -> torch.Generator:
+        """Generator of the training masks of optimiser step ``step`` on rank ``rank``."""
+        device = next(self.module.parameters()).device
+        state = np.random.SeedSequence([self.seed % 2**32, rank, step]).generate_state(2)
+        return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store torch's global RNG state (it drives the shuffling of training cells)."""
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore torch's global RNG state stored by :meth:`on_save_checkpoint`."""
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
 
     def configure_optimizers(self) -> dict:
         """Adam over trainable parameters with linear warmup, then a constant rate."""
