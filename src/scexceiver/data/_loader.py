@@ -25,10 +25,17 @@ class ExceiverDataLoader(AnnDataLoader):
 class ExceiverDataSplitter(DataSplitter):
     """:class:`~scvi.dataloaders.DataSplitter` over :class:`ExceiverDataLoader`.
 
-    Unlike the base class it never densifies sparse minibatches on the device.
+    Unlike the base class it never densifies sparse minibatches on the device, and it
+    splits the cells once: later ``setup`` calls (Lightning's, in every process of a
+    multi-device run) keep that split, so all ranks shard the same training cells.
     """
 
     data_loader_cls = ExceiverDataLoader
+
+    def setup(self, stage: str | None = None) -> None:
+        """Split the cells into train/validation/test sets (once)."""
+        if not hasattr(self, "train_idx"):
+            super().setup(stage)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Return the tokenised batch unchanged."""

@@ -299,8 +299,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
             **(datasplitter_kwargs or {}),
         )
+        datamodule.setup()
         if not self.module.is_fitted:
-            datamodule.setup()
             self._fit_statistics(datamodule.train_idx)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
