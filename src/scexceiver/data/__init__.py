@@ -1,5 +1,6 @@
 """Data path: gene statistics, vocabulary, and tokenisation of sparse cells."""
 
+from ._corpus import open_h5ad_corpus
 from ._loader import ExceiverDataLoader, ExceiverDataSplitter
 from ._stats import GeneStatistics, gene_statistics
 from ._tokenize import collate_tokens, tokenize_counts
@@ -12,5 +13,6 @@ __all__ = [
     "GeneVocabulary",
     "collate_tokens",
     "gene_statistics",
+    "open_h5ad_corpus",
     "tokenize_counts",
 ]

@@ -44,8 +44,9 @@ def gene_statistics(
 ) -> GeneStatistics:
     """Compute :class:`GeneStatistics` of raw counts ``x`` over rows ``indices``.
 
-    Reads ``chunk_size`` rows at a time and keeps them sparse, so memory stays bounded
-    by one chunk (backed / on-disk matrices work the same way).
+    Reads the rows spanning ``chunk_size`` of the cells at a time, in one contiguous
+    read, and keeps them sparse, so memory stays bounded by one chunk and backed
+    (on-disk) matrices are streamed sequentially.
 
     Parameters
     ----------
@@ -70,7 +71,10 @@ def gene_statistics(
     per_cell_detected = []
     log_library = []
     for start in range(0, indices.size, chunk_size):
-        chunk = sparse.csr_matrix(x[indices[start : start + chunk_size]], dtype=np.float64)
+        rows = indices[start : start + chunk_size]
+        # one contiguous read per chunk (fast on backed / on-disk matrices)
+        block = x[int(rows[0]) : int(rows[-1]) + 1]
+        chunk = sparse.csr_matrix(block[rows - rows[0]], dtype=np.float64)
         chunk.eliminate_zeros()
         library = np.asarray(chunk.sum(axis=1)).ravel()
         log_library.append(np.log1p(library))
