@@ -99,4 +99,7 @@ def test_model_trains_on_a_backed_corpus(corpus):
     loss = np.array([float(v) for v in model.history["train_loss"].to_numpy().ravel()])
     assert loss.shape == (1,) and np.isfinite(loss[0])
     assert not np.allclose(before, model.module.network.gene_embedding.weight.detach())
-    assert model.get_latent_representation(indices=np.arange(10)).shape == (10, TINY["dim"])
+    assert model.get_latent_representation(indices=np.arange(10)).shape == (
+        10,
+        TINY["n_latents"] * TINY["dim"],
+    )
