@@ -1,6 +1,7 @@
 """Data path: gene statistics, vocabulary, and tokenisation of sparse cells."""
 
 from ._loader import ExceiverDataLoader, ExceiverDataSplitter
+from ._sampler import LengthGroupedSampler
 from ._stats import GeneStatistics, gene_statistics
 from ._tokenize import collate_tokens, tokenize_counts
 from ._vocab import GeneVocabulary
@@ -10,6 +11,7 @@ __all__ = [
     "ExceiverDataSplitter",
     "GeneStatistics",
     "GeneVocabulary",
+    "LengthGroupedSampler",
     "collate_tokens",
     "gene_statistics",
     "tokenize_counts",

@@ -216,6 +216,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping_patience: int = 10,
         early_stopping_min_delta: float = 1e-5,
         precision: str | None = None,
+        length_bucketing: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -246,10 +247,14 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         precision
             Lightning precision; ``None`` uses ``"bf16-mixed"`` on a GPU and 32-bit
             otherwise.
+        length_bucketing
+            Batch training cells with similar numbers of expressed genes together, so
+            less of each batch is padding (:class:`~scexceiver.data.LengthGroupedSampler`).
         plan_kwargs
             Extra arguments of :class:`~scexceiver.train.ExceiverTrainingPlan`.
         datasplitter_kwargs
-            Extra arguments of the data splitter (e.g. ``num_workers``).
+            Extra arguments of the data splitter, e.g. ``num_workers`` (loader processes)
+            or ``pin_memory`` (on by default when training on a GPU).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``.
         """
@@ -265,12 +270,17 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             max_epochs = int(np.clip(20_000 / self.adata.n_obs * 20, 10, 200))
         if precision is None:
             precision = "bf16-mixed" if _uses_gpu(accelerator) else "32-true"
+        datasplitter_kwargs = {
+            "pin_memory": _uses_gpu(accelerator),
+            "length_bucketing": length_bucketing,
+            **(datasplitter_kwargs or {}),
+        }
         datamodule = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
-            **(datasplitter_kwargs or {}),
+            **datasplitter_kwargs,
         )
         if not self.module.is_fitted:
             datamodule.setup()
