@@ -63,3 +63,15 @@ def test_empty_cells_and_empty_batches():
     tokens = tokenize_counts(x)
     assert tokens["gene_idx"].shape == (3, 0)
     assert tokens["library_size"].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_token_tensors_do_not_grow_with_the_gene_panel(pbmc_small):
+    x = pbmc_small.X[:30]
+    wider = sparse.hstack([x, sparse.csr_matrix((30, 30_000), dtype=x.dtype)]).tocsr()
+    narrow, wide = tokenize_counts(x), tokenize_counts(wider)
+    for key in ("counts", "token_mask", "library_size"):
+        torch.testing.assert_close(narrow[key], wide[key])
+    # same genes; only the padding index (n_genes) differs
+    real = narrow["token_mask"]
+    torch.testing.assert_close(narrow["gene_idx"][real], wide["gene_idx"][real])
+    assert narrow["gene_idx"].shape == wide["gene_idx"].shape == (30, np.diff(x.indptr).max())

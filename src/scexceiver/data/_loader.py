@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from scvi import REGISTRY_KEYS, settings
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 
+from ._sampler import use_length_buckets
 from ._tokenize import collate_tokens
 
 
@@ -13,13 +15,26 @@ class ExceiverDataLoader(AnnDataLoader):
     Counts are read as sparse minibatches and collated by
     :func:`~scexceiver.data.collate_tokens` (in the worker processes when
     ``num_workers > 0``), so no dense cells x genes matrix is ever built.
-    All arguments are those of :class:`~scvi.dataloaders.AnnDataLoader`.
+
+    Parameters
+    ----------
+    adata_manager, *args, **kwargs
+        Arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
+    length_bucketing
+        When shuffling, batch cells with similar numbers of expressed genes together
+        (:class:`~scexceiver.data.LengthGroupedSampler`) so less of each batch is padding.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, adata_manager, *args, length_bucketing: bool = False, **kwargs) -> None:
         kwargs["load_sparse_tensor"] = True
         kwargs["collate_fn"] = collate_tokens
-        super().__init__(*args, **kwargs)
+        bucketing = length_bucketing and kwargs.get("shuffle", False)
+        if bucketing:
+            kwargs["shuffle"] = False
+        super().__init__(adata_manager, *args, **kwargs)
+        if bucketing:
+            counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+            use_length_buckets(self, counts, seed=settings.seed)
 
 
 class ExceiverDataSplitter(DataSplitter):

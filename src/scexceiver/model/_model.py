@@ -223,6 +223,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         checkpoint_dir: str | None = None,
         checkpoint_every_n_epochs: int = 1,
         resume_from: str | None = None,
+        length_bucketing: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -267,10 +268,14 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             latest one in ``checkpoint_dir``. With the same seed, data and
             ``max_epochs``, the resumed run ends with the weights of an uninterrupted
             one.
+        length_bucketing
+            Batch training cells with similar numbers of expressed genes together, so
+            less of each batch is padding (:class:`~scexceiver.data.LengthGroupedSampler`).
         plan_kwargs
             Extra arguments of :class:`~scexceiver.train.ExceiverTrainingPlan`.
         datasplitter_kwargs
-            Extra arguments of the data splitter (e.g. ``num_workers``).
+            Extra arguments of the data splitter, e.g. ``num_workers`` (loader processes)
+            or ``pin_memory`` (on by default when training on a GPU).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``, e.g.
             ``strategy="ddp"`` with ``devices=4`` (each rank trains on its own shard of
@@ -291,13 +296,18 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             max_epochs = int(np.clip(20_000 / self.adata.n_obs * 20, 10, 200))
         if precision is None:
             precision = "bf16-mixed" if _uses_gpu(accelerator) else "32-true"
+        datasplitter_kwargs = {
+            "pin_memory": _uses_gpu(accelerator),
+            "length_bucketing": length_bucketing,
+            **(datasplitter_kwargs or {}),
+        }
         datamodule = self._data_splitter_cls(
             self.adata_manager,
             train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
             distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
-            **(datasplitter_kwargs or {}),
+            **datasplitter_kwargs,
         )
         datamodule.setup()
         if not self.module.is_fitted:

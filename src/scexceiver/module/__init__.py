@@ -5,6 +5,7 @@ from ._exceiver import Exceiver
 from ._masking import draw_masked_tokens, lookup_counts
 from ._module import ExceiverModule
 from ._normalize import ExpressionNormalizer
+from ._select import keep_top_genes
 
 __all__ = [
     "Attention",
@@ -13,5 +14,6 @@ __all__ = [
     "ExceiverModule",
     "ExpressionNormalizer",
     "draw_masked_tokens",
+    "keep_top_genes",
     "lookup_counts",
 ]

@@ -13,6 +13,7 @@ from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
 from ._exceiver import Exceiver
 from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
 from ._normalize import ExpressionNormalizer
+from ._select import keep_top_genes
 
 QUERY_EXPRESSED = 0
 QUERY_ANY = 1
@@ -56,6 +57,10 @@ class ExceiverModule(BaseModuleClass):
     readout
         Cell embedding: ``"flatten"`` the latents (K x dim values, as the paper) or
         their ``"mean"`` (dim values).
+    max_genes
+        Encode at most this many expressed genes per cell, its highest counts (sparse
+        mode; ``None``: all). Bounds the cost of deeply sequenced cells; the library size
+        and the whole-cell decoding targets still use every gene.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -72,6 +77,7 @@ class ExceiverModule(BaseModuleClass):
         n_random_queries: int = 0,
         query_sampling: Literal["uniform", "variance"] = "uniform",
         readout: Literal["flatten", "mean"] = "flatten",
+        max_genes: int | None = None,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -87,6 +93,11 @@ class ExceiverModule(BaseModuleClass):
             raise ValueError(f"readout must be 'flatten' or 'mean', got {readout!r}.")
         if token_mode == "dense" and (n_visible_queries or n_random_queries):
             raise ValueError("Whole-cell decoding queries need token_mode='sparse'.")
+        if max_genes is not None and (token_mode == "dense" or max_genes < 1):
+            raise ValueError(
+                f"max_genes={max_genes} needs token_mode='sparse' and a positive value; "
+                "use max_genes=None to encode every expressed gene."
+            )
         self.n_genes = n_genes
         self.token_mode = token_mode
         self.dense_mask = dense_mask
@@ -95,6 +106,7 @@ class ExceiverModule(BaseModuleClass):
         self.n_random_queries = n_random_queries
         self.query_sampling = query_sampling
         self.readout = readout
+        self.max_genes = max_genes
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         self.normalizer = ExpressionNormalizer(n_genes)
         self.register_buffer("n_mask", torch.tensor(0))
@@ -198,6 +210,11 @@ class ExceiverModule(BaseModuleClass):
             decoder ``query_idx``, ``query_type``, ``target``, ``query_valid`` and
             ``query_masked`` (b, m).
         """
+        all_tokens = (gene_idx, counts)
+        if self.max_genes is not None:
+            gene_idx, counts, token_mask = keep_top_genes(
+                gene_idx, counts, token_mask, self.max_genes
+            )
         if self.token_mode == "dense":
             gene_idx, counts = self._densify(gene_idx, counts)
             expressed = counts > 0
@@ -223,7 +240,7 @@ class ExceiverModule(BaseModuleClass):
             else:
                 enc_keep = _scatter_where(enc_keep, pos, valid, False)
             out.update(
-                self._decoder_queries(gene_idx, counts, values, library_size, draw, generator)
+                self._decoder_queries(gene_idx, values, all_tokens, library_size, draw, generator)
             )
         if self.token_mode == "dense" and self.dense_mask == "additive":
             attn_mask = (~expressed).to(values.dtype)
@@ -244,8 +261,8 @@ class ExceiverModule(BaseModuleClass):
     def _decoder_queries(
         self,
         gene_idx: torch.Tensor,
-        counts: torch.Tensor,
         values: torch.Tensor,
+        all_tokens: tuple[torch.Tensor, torch.Tensor],
         library_size: torch.Tensor,
         draw: TokenDraw,
         generator: torch.Generator | None,
@@ -255,7 +272,7 @@ class ExceiverModule(BaseModuleClass):
         valid = [draw.masked_valid, draw.visible_valid]
         qtype = [torch.full_like(i, QUERY_EXPRESSED) for i in idx]
         if self.n_random_queries:
-            b = counts.shape[0]
+            b = gene_idx.shape[0]
             rand = torch.multinomial(
                 self.query_weights,
                 b * self.n_random_queries,
@@ -263,7 +280,7 @@ class ExceiverModule(BaseModuleClass):
                 generator=generator,
             ).view(b, -1)
             idx.append(rand)
-            rand_counts = lookup_counts(gene_idx, counts, rand)
+            rand_counts = lookup_counts(*all_tokens, rand)
             target.append(self.normalizer(rand_counts, library_size, rand))
             valid.append(torch.ones_like(rand, dtype=torch.bool))
             qtype.append(torch.full_like(rand, QUERY_ANY))
