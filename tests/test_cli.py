@@ -132,6 +132,8 @@ def test_pretrain_usage_errors_exit_2_before_training(h5ad_files, tmp_path, caps
     first, out = str(h5ad_files["first"]), str(tmp_path / "m")
     assert main(["pretrain", str(tmp_path / "missing.h5ad"), "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["pretrain", first, first, "--out", out]) == 2
+    assert "more than once" in capsys.readouterr().err
     assert main(["pretrain", first, "--out", out, "--layer", "nope"]) == 2
     assert "layer 'nope'" in capsys.readouterr().err
     assert main(["pretrain", first, "--out", out, "--gene-key", "nope"]) == 2

@@ -103,6 +103,8 @@ def read_counts(
     """
     for path in paths:
         check_h5ad_path(path)
+    if len(set(map(str, paths))) < len(paths):
+        raise InputError("the same file is given more than once.")
     parts = {}
     for path in map(Path, paths):
         adata = read_h5ad(path)
