@@ -52,7 +52,7 @@ exclude_patterns = ["_build", "_scripts", "conf.py", "Thumbs.db", ".DS_Store", "
 # only when its code changed since the last local build.
 nb_custom_formats = {".py": ["jupytext.reads", {"fmt": "py:percent"}]}
 nb_execution_mode = os.environ.get("SCEXCEIVER_NB_EXECUTION", "cache")
-nb_execution_timeout = 1200
+nb_execution_timeout = 3600  # a guard against hangs; the quick start takes minutes
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
