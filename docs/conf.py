@@ -56,6 +56,7 @@ nb_execution_timeout = 3600  # a guard against hangs; the quick start takes minu
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+nb_output_stderr = "remove"  # progress bars and library warnings
 
 # -- autodoc / autosummary ---------------------------------------------------
 
