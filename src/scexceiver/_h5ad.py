@@ -1,0 +1,132 @@
+"""Reading raw counts from h5ad files for the command line (whole files, in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+#: ``obs`` column naming the file each cell came from (usable as ``--batch-key``).
+SOURCE_FILE_KEY = "source_file"
+
+
+class InputError(ValueError):
+    """A problem with the user's files or arguments, fixable by changing them."""
+
+
+def check_h5ad_path(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or an :class:`InputError` if it is no h5ad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{str(path)!r} does not exist or is not a file.")
+    if path.suffix != ".h5ad":
+        raise InputError(f"{str(path)!r} is not an .h5ad file.")
+    return path
+
+
+def read_h5ad(path: str | Path) -> AnnData:
+    """Read an h5ad file into memory, with a clear error for a missing or unreadable file."""
+    path = check_h5ad_path(path)
+    try:
+        return anndata.read_h5ad(path)
+    except OSError as err:
+        raise InputError(f"could not read {str(path)!r} as h5ad: {err}") from err
+
+
+def counts_matrix(adata: AnnData, layer: str | None, *, name: str) -> sparse.csr_matrix:
+    """Raw counts of ``adata`` (``X`` or ``layers[layer]``) as CSR float32."""
+    if layer is not None and layer not in adata.layers:
+        raise InputError(
+            f"{name} has no layer {layer!r} (layers: {list(adata.layers)}); pass --layer "
+            "with the layer holding raw counts, or leave it out to use X."
+        )
+    counts = adata.X if layer is None else adata.layers[layer]
+    return sparse.csr_matrix(counts, dtype=np.float32)
+
+
+def gene_keys(adata: AnnData, gene_key: str | None, *, name: str) -> pd.Index:
+    """Unique gene keys of ``adata``: ``var_names`` or the ``gene_key`` column of ``var``."""
+    if gene_key is None:
+        keys = adata.var_names
+    elif gene_key not in adata.var.columns:
+        raise InputError(
+            f"{name} has no var column {gene_key!r} (columns: {list(adata.var.columns)}); "
+            "pass --gene-key with a column of gene IDs, or leave it out to use var_names."
+        )
+    else:
+        if adata.var[gene_key].isna().any():
+            raise InputError(f"var[{gene_key!r}] of {name} has missing values.")
+        keys = adata.var[gene_key]
+    keys = pd.Index(keys.astype(str))
+    if keys.has_duplicates:
+        duplicated = list(keys[keys.duplicated()][:5])
+        raise InputError(
+            f"gene keys of {name} are not unique ({duplicated}); pass --gene-key with a "
+            "unique var column such as Ensembl IDs."
+        )
+    return keys
+
+
+def read_counts(
+    paths: Sequence[str | Path],
+    *,
+    layer: str | None = None,
+    gene_key: str | None = None,
+) -> AnnData:
+    """Raw counts of one or more h5ad files as one in-memory AnnData.
+
+    Several files are concatenated on the **intersection** of their gene keys: a gene
+    missing from one file was not measured there, so filling it with zeros would teach
+    the model that it is not expressed.
+
+    Parameters
+    ----------
+    paths
+        h5ad files with raw counts.
+    layer
+        Layer holding raw counts in every file; ``None`` uses ``X``.
+    gene_key
+        ``var`` column with the gene keys in every file; ``None`` uses ``var_names``.
+
+    Returns
+    -------
+    anndata.AnnData
+        Counts in ``X`` (CSR float32), ``var_names`` set to the gene keys (also stored in
+        ``var[gene_key]`` when given), the ``obs`` columns every file has, and
+        ``obs["source_file"]`` with the file's path as given (cell names get ``-<path>``
+        appended when they repeat across files).
+    """
+    for path in paths:
+        check_h5ad_path(path)
+    if len(set(map(str, paths))) < len(paths):
+        raise InputError("the same file is given more than once.")
+    parts = {}
+    for path in map(Path, paths):
+        adata = read_h5ad(path)
+        part = AnnData(
+            X=counts_matrix(adata, layer, name=str(path)),
+            obs=adata.obs.copy(),
+            var=pd.DataFrame(index=gene_keys(adata, gene_key, name=str(path))),
+        )
+        parts[str(path)] = part
+    if len(parts) == 1:
+        ((path, combined),) = parts.items()
+        combined.obs[SOURCE_FILE_KEY] = pd.Categorical([path] * combined.n_obs)
+    else:
+        repeated = pd.Index(np.concatenate([p.obs_names for p in parts.values()]))
+        combined = anndata.concat(
+            parts,
+            join="inner",
+            label=SOURCE_FILE_KEY,
+            index_unique="-" if repeated.has_duplicates else None,
+        )
+        if combined.n_vars == 0:
+            raise InputError("the files share no gene keys; check --gene-key.")
+    if gene_key is not None:
+        combined.var[gene_key] = combined.var_names.to_numpy()
+    return combined
