@@ -28,9 +28,9 @@ def tiny(pbmc_small):
 
 def _equal(a, b):
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and np.array_equal(a, b)
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
     if isinstance(a, pd.DataFrame):
         return a.equals(b) and a.index.name == b.index.name
     return type(a) is type(b) and a == b

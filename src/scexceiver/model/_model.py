@@ -325,7 +325,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     @staticmethod
     def load_registry(dir_path: str | Path) -> dict:
         """The scvi-tools registry of a model saved by :meth:`save`."""
-        return _persist.read_metadata(Path(dir_path))["registry"]
+        return _persist.from_json(_persist.read_metadata(Path(dir_path))["registry"])
 
     def train(
         self,

@@ -186,8 +186,8 @@ def read_metadata(path: Path) -> dict:
 def to_json(value: Any) -> Any:
     """Encode ``value`` as JSON-compatible data that :func:`from_json` restores exactly.
 
-    Numpy arrays keep their dtype, data frames their index and columns, non-finite floats
-    their value; tuples become lists.
+    Numpy arrays keep their dtype, data frames (of numeric or string columns) their
+    index, columns and dtypes, non-finite floats their value; tuples become lists.
 
     Raises
     ------
@@ -214,6 +214,7 @@ def to_json(value: Any) -> Any:
                 "index": to_json(list(value.index)),
                 "index_name": to_json(value.index.name),
                 "data": to_json(value.to_numpy().tolist()),
+                "dtypes": [dtype.str for dtype in value.dtypes],
             }
         }
     if isinstance(value, dict):
@@ -244,7 +245,9 @@ def from_json(value: Any) -> Any:
     if "__dataframe__" in value:
         frame = from_json(value["__dataframe__"])
         index = pd.Index(frame["index"], name=frame["index_name"])
-        return pd.DataFrame(frame["data"], index=index, columns=frame["columns"])
+        data = pd.DataFrame(frame["data"], index=index, columns=frame["columns"])
+        dtypes = [np.dtype(d) for d in frame["dtypes"]]
+        return data.astype(dict(zip(frame["columns"], dtypes, strict=True)))
     return {k: from_json(v) for k, v in value.items()}
 
 

@@ -94,7 +94,7 @@ class ExceiverTrainingPlan(TrainingPlan):
         if bool(torch.isfinite(loss)):
             return
         raise FloatingPointError(
-            f"The {stage} loss is {float(loss)} at epoch {self.current_epoch}, batch "
+            f"The {stage} loss is {float(loss.detach())} at epoch {self.current_epoch}, batch "
             f"{batch_idx}; training stopped before this step changed the weights. Likely "
             "causes: a learning rate too high (lower lr=), half precision overflowing "
             "(precision='32-true'), or weights that are already not finite (a diverged "
