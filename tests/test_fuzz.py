@@ -50,9 +50,9 @@ def anndatas(draw):
     density = draw(st.sampled_from([1.0, 0.3, 0.05]))
     counts = rng.poisson(draw(st.sampled_from([3.0, 200.0, 0.5])), (n_cells, n_genes))
     counts = counts * (rng.random((n_cells, n_genes)) < density)
-    if draw(st.booleans()):
+    if n_cells > 1 and draw(st.booleans()):
         counts[rng.integers(n_cells)] = 0  # an empty cell
-    if draw(st.booleans()):
+    if n_genes > 1 and draw(st.booleans()):
         counts[:, rng.integers(n_genes)] = 0  # an empty gene
     corruption = draw(st.sampled_from(CORRUPTIONS))
     layout = draw(st.sampled_from(["csr", "csc", "dense"]))
