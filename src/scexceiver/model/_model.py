@@ -192,6 +192,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         >>> mdata = mudata.MuData({"rna": adata})
         >>> ExceiverModel.setup_mudata(mdata, modalities={"rna_layer": "rna"})
         """
+        setup_method_args = cls._get_setup_method_args(**locals())
         if not modalities or "rna_layer" not in modalities:
             raise ValueError(
                 "setup_mudata needs modalities={'rna_layer': <name of the RNA modality>}."
@@ -209,7 +210,6 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         )
         for name, key in (("batch_key", batch_key), ("labels_key", labels_key)):
             check_obs_key(_obs_table(mdata, modalities.get(name)), name, key)
-        setup_method_args = cls._get_setup_method_args(**locals())
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
         mudata_fields = [
             fields.MuDataLayerField(
