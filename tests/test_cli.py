@@ -14,7 +14,8 @@ from scexceiver.cli import main
 def test_demo_writes_results_pictures_and_model(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--max-epochs", "1"]) == 0
-    for name in ("umap.png", "training.png", "report.txt", "report.json", "model/model.pt"):
+    files = ("umap.png", "training.png", "report.txt", "report.json", "model/model.safetensors")
+    for name in files:
         assert (out / name).stat().st_size > 0
     adata = ad.read_h5ad(out / "pbmc3k_exceiver.h5ad")
     assert adata.obsm["X_exceiver"].shape == (2700, 16 * 64)

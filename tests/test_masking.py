@@ -41,3 +41,9 @@ def test_lookup_counts_finds_present_genes_and_zero_otherwise():
     query = torch.tensor([[5, 3, 9], [0, 9, 5]])
     expected = torch.tensor([[4.0, 0.0, 2.0], [7.0, 0.0, 0.0]])
     assert torch.equal(lookup_counts(gene_idx, counts, query), expected)
+
+
+def test_a_minibatch_of_empty_cells_draws_nothing():
+    draw = draw_masked_tokens(torch.zeros((3, 0), dtype=torch.bool), n_mask=4, n_visible=8)
+    for part in draw:
+        assert part.shape == (3, 0)

@@ -13,6 +13,7 @@ import scvi
 from anndata import AnnData
 
 from . import datasets, pl, tl
+from ._write import store
 from .model import ExceiverModel
 
 
@@ -59,9 +60,9 @@ def run_demo(out: str | Path, *, max_epochs: int = 20, seed: int = 0) -> dict:
     model.train(max_epochs=max_epochs, early_stopping=False, check_val_every_n_epoch=1)
     train_seconds = time.perf_counter() - train_start
 
-    adata.obsm["X_exceiver"] = model.get_latent_representation()
-    adata.varm["exceiver_gene_embedding"] = model.get_gene_embeddings()
-    adata.obsm["X_pca_hvg"] = pca_embedding(adata)
+    store(adata, "obsm", "X_exceiver", model.get_latent_representation())
+    store(adata, "varm", "exceiver_gene_embedding", model.get_gene_embeddings())
+    store(adata, "obsm", "X_pca_hvg", pca_embedding(adata))
     labels = adata.obs["cell_type"].to_numpy()
     knn = tl.knn_label_accuracy(adata.obsm["X_exceiver"], labels)
     knn_pca = tl.knn_label_accuracy(adata.obsm["X_pca_hvg"], labels)
@@ -73,7 +74,7 @@ def run_demo(out: str | Path, *, max_epochs: int = 20, seed: int = 0) -> dict:
     ):
         sc.pp.neighbors(adata, use_rep=rep, key_added=rep)
         sc.tl.umap(adata, neighbors_key=rep, random_state=seed)
-        adata.obsm[f"X_umap_{rep}"] = adata.obsm.pop("X_umap")
+        store(adata, "obsm", f"X_umap_{rep}", adata.obsm.pop("X_umap"))
         sc.pl.embedding(
             adata, basis=f"X_umap_{rep}", color="cell_type", ax=ax, show=False, title=title
         )
@@ -105,7 +106,9 @@ def run_demo(out: str | Path, *, max_epochs: int = 20, seed: int = 0) -> dict:
         "knn_macro_f1_pca": knn_pca["macro_f1"],
         "majority_class_rate": knn["majority"],
     }
-    adata.uns["exceiver_demo"] = {k: v for k, v in report.items() if not isinstance(v, list)}
+    store(
+        adata, "uns", "exceiver_demo", {k: v for k, v in report.items() if not isinstance(v, list)}
+    )
     adata.write_h5ad(out / "pbmc3k_exceiver.h5ad", compression="gzip")
     model.save(out / "model", overwrite=True)
     report["total_seconds"] = round(time.perf_counter() - start, 1)

@@ -5,16 +5,32 @@ from ._loader import ExceiverDataLoader, ExceiverDataSplitter
 from ._sampler import LengthGroupedSampler
 from ._stats import GeneStatistics, gene_statistics
 from ._tokenize import collate_tokens, tokenize_counts
+from ._validate import (
+    CountsSummary,
+    check_counts,
+    check_gene_panel,
+    check_obs_key,
+    counts_matrix,
+    gene_keys,
+    validate_setup,
+)
 from ._vocab import GeneVocabulary
 
 __all__ = [
+    "CountsSummary",
     "ExceiverDataLoader",
     "ExceiverDataSplitter",
     "GeneStatistics",
     "GeneVocabulary",
     "LengthGroupedSampler",
+    "check_counts",
+    "check_gene_panel",
+    "check_obs_key",
     "collate_tokens",
+    "counts_matrix",
+    "gene_keys",
     "gene_statistics",
     "open_h5ad_corpus",
     "tokenize_counts",
+    "validate_setup",
 ]

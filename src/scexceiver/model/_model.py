@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -20,12 +22,19 @@ from scexceiver.data import (
     ExceiverDataLoader,
     ExceiverDataSplitter,
     GeneVocabulary,
+    check_counts,
+    check_gene_panel,
+    check_obs_key,
+    counts_matrix,
     gene_statistics,
+    validate_setup,
 )
+from scexceiver.data._validate import registered_gene_keys, require_finite
 from scexceiver.module import ExceiverModule
 from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
 from scexceiver.train._checkpoint import resolve_resume
 
+from . import _persist
 from ._presets import TRAINING, resolve_preset
 
 logger = logging.getLogger(__name__)
@@ -72,9 +81,11 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         self,
         adata: AnnData | None = None,
         preset: Literal["default", "paper"] = "default",
+        *,
+        registry: dict | None = None,
         **model_kwargs,
     ) -> None:
-        super().__init__(adata)
+        super().__init__(adata, registry=registry)
         config = resolve_preset(preset, **model_kwargs)
         self.preset = preset
         self.module = self._module_cls(
@@ -82,7 +93,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             n_batch=self.summary_stats.n_batch,
             **config,
         )
-        self.gene_vocabulary_ = GeneVocabulary.from_keys(self._gene_keys(self.adata))
+        # a model built from a saved registry alone gets its vocabulary from the save
+        self.gene_vocabulary_ = (
+            GeneVocabulary.from_keys(self._gene_keys(adata)) if adata is not None else None
+        )
         n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
         self._model_summary_string = (
             f"ExceiverModel ({preset} preset): {self.summary_stats.n_vars} genes, "
@@ -99,9 +113,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         batch_key: str | None = None,
         labels_key: str | None = None,
         gene_key: str | None = None,
+        allow_non_integer: bool = False,
         **kwargs,
     ) -> None:
         """Register an AnnData of raw counts with the model.
+
+        The data are checked first (see :func:`scexceiver.data.validate_setup`): raw
+        counts (finite, non-negative, whole numbers), existing layer and keys, unique gene
+        keys, a supported matrix type. Nothing in ``adata`` changes except the setup that
+        scvi-tools records (``uns['_scvi_uuid']``, ``uns['_scvi_manager_uuid']`` and
+        ``obs['_scvi_batch']`` / ``obs['_scvi_labels']``).
 
         Parameters
         ----------
@@ -116,9 +137,18 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         gene_key
             ``var`` column of stable gene identifiers (e.g. Ensembl IDs) that define the
             gene vocabulary; ``None`` uses ``var_names``.
+        allow_non_integer
+            Accept counts that are not whole numbers, e.g. ambient-corrected counts
+            (SoupX, CellBender). Log-normalised or scaled data are still wrong input.
         """
-        if gene_key is not None:
-            GeneVocabulary.from_keys(_var_gene_keys(adata.var, gene_key))
+        validate_setup(
+            adata,
+            layer=layer,
+            batch_key=batch_key,
+            labels_key=labels_key,
+            gene_key=gene_key,
+            allow_non_integer=allow_non_integer,
+        )
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
             fields.LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
@@ -138,6 +168,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         labels_key: str | None = None,
         gene_key: str | None = None,
         modalities: dict[str, str] | None = None,
+        allow_non_integer: bool = False,
         **kwargs,
     ) -> None:
         """Register the RNA modality of a MuData with the model.
@@ -156,12 +187,15 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         modalities
             Maps argument names to modality names, e.g. ``{"rna_layer": "rna",
             "batch_key": "rna"}``. ``rna_layer`` is required.
+        allow_non_integer
+            Accept counts that are not whole numbers (see :meth:`setup_anndata`).
 
         Examples
         --------
         >>> mdata = mudata.MuData({"rna": adata})
         >>> ExceiverModel.setup_mudata(mdata, modalities={"rna_layer": "rna"})
         """
+        setup_method_args = cls._get_setup_method_args(**locals())
         if not modalities or "rna_layer" not in modalities:
             raise ValueError(
                 "setup_mudata needs modalities={'rna_layer': <name of the RNA modality>}."
@@ -171,11 +205,14 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
                 f"Modality {modalities['rna_layer']!r} not in the MuData; "
                 f"available: {list(mdata.mod)}."
             )
-        if gene_key is not None:
-            GeneVocabulary.from_keys(
-                _var_gene_keys(mdata.mod[modalities["rna_layer"]].var, gene_key)
-            )
-        setup_method_args = cls._get_setup_method_args(**locals())
+        validate_setup(
+            mdata.mod[modalities["rna_layer"]],
+            layer=rna_layer,
+            gene_key=gene_key,
+            allow_non_integer=allow_non_integer,
+        )
+        for name, key in (("batch_key", batch_key), ("labels_key", labels_key)):
+            check_obs_key(_obs_table(mdata, modalities.get(name)), name, key)
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
         mudata_fields = [
             fields.MuDataLayerField(
@@ -198,10 +235,100 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _gene_keys(self, adata) -> pd.Index:
         """Gene keys of ``adata`` (its RNA modality for a MuData) by the registered key."""
-        setup_args = self.adata_manager.registry["setup_args"]
-        modality = (setup_args.get("modalities") or {}).get("rna_layer")
-        var = adata.mod[modality].var if modality is not None else adata.var
-        return _var_gene_keys(var, setup_args.get("gene_key"))
+        return registered_gene_keys(adata, self.registry_["setup_args"])
+
+    def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        """Check the counts, keys and genes of ``adata``, then register it (scvi-tools).
+
+        A view is registered as a copy, so the user's view is left as it is.
+        """
+        new = adata is not None and adata is not self.adata
+        target = self.adata if adata is None else adata
+        if target is not None:
+            self._check_counts_and_keys(target, warn_empty=new)
+        if new and adata.is_view:
+            adata = adata.copy()
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+
+    def _check_counts_and_keys(self, adata, warn_empty: bool) -> None:
+        setup_args = self.registry_["setup_args"]
+        modalities = setup_args.get("modalities") or {}
+        rna = adata.mod[modalities["rna_layer"]] if "rna_layer" in modalities else adata
+        check_gene_panel(self.gene_vocabulary_, self._gene_keys(adata))
+        layer = setup_args.get("rna_layer" if "rna_layer" in modalities else "layer")
+        check_counts(
+            counts_matrix(rna, layer),
+            where="adata.X" if layer is None else f"adata.layers[{layer!r}]",
+            layers=list(rna.layers),
+            allow_non_integer=setup_args.get("allow_non_integer", False),
+            warn_empty=warn_empty,
+        )
+        for name in ("batch_key", "labels_key"):
+            check_obs_key(_obs_table(adata, modalities.get(name)), name, setup_args.get(name))
+
+    def save(
+        self,
+        dir_path: str | Path,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model to a folder, atomically and without pickles.
+
+        Weights go to ``model.safetensors``; the configuration, gene vocabulary,
+        scvi-tools registry, training state and a checksum of the weights go to
+        ``metadata.json``. The folder is written beside the target and renamed into
+        place, so a crash never leaves a half-written model (nor destroys the old one).
+
+        Parameters
+        ----------
+        dir_path
+            Folder to create.
+        overwrite
+            Replace an existing saved model at ``dir_path``. Without it an existing folder
+            raises; a folder that is not a saved model is never replaced.
+        save_anndata
+            Also write the registered AnnData (``adata.h5ad``) or MuData (``mdata.h5mu``).
+        **anndata_write_kwargs
+            Passed to the AnnData / MuData ``write`` method.
+        """
+        _persist.save_model(
+            self, dir_path, overwrite=overwrite, save_anndata=save_anndata, **anndata_write_kwargs
+        )
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | Path,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+    ) -> ExceiverModel:
+        """Load a model saved by :meth:`save`; no pickled code is ever executed.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata
+            AnnData (or MuData) with the model's genes; it is set up with the saved
+            setup arguments. ``None`` uses the AnnData saved with the model if any,
+            otherwise the model is loaded without data (pass data to its methods).
+        accelerator, device
+            Where to put the model (scvi-tools conventions).
+
+        Raises
+        ------
+        ValueError
+            A folder that is missing files, was modified after saving (checksum), is
+            truncated, or was written by a newer, incompatible scexceiver.
+        """
+        return _persist.load_model(cls, dir_path, adata, accelerator=accelerator, device=device)
+
+    @staticmethod
+    def load_registry(dir_path: str | Path) -> dict:
+        """The scvi-tools registry of a model saved by :meth:`save`."""
+        return _persist.from_json(_persist.read_metadata(Path(dir_path))["registry"])
 
     def train(
         self,
@@ -281,6 +408,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             ``strategy="ddp"`` with ``devices=4`` (each rank trains on its own shard of
             every epoch; see the scaling guide).
         """
+        self._validate_anndata()
         if seed is not None:
             scvi.settings.seed = seed
         ckpt_path = resolve_resume(resume_from, checkpoint_dir)
@@ -310,6 +438,14 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             **datasplitter_kwargs,
         )
         datamodule.setup()
+        if len(datamodule.val_idx) == 0 and early_stopping:
+            warnings.warn(
+                f"No validation cells ({self.adata.n_obs} cells, train_size={train_size}): "
+                "early stopping is off. Train on more cells or pass early_stopping=False.",
+                UserWarning,
+                stacklevel=2,
+            )
+            early_stopping = False
         if not self.module.is_fitted:
             self._fit_statistics(datamodule.train_idx)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
@@ -384,7 +520,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             inference_inputs = self.module._get_inference_input(tensors)
             latents = self.module.inference(**inference_inputs, masking=False)["latents"]
             out.append(self.module.embed(latents).float().cpu())
-        return torch.cat(out).numpy()
+        return require_finite(torch.cat(out).numpy(), "embeddings")
 
     def get_gene_embeddings(self, adata: AnnData | None = None) -> np.ndarray:
         """Gene embeddings (rows of the gene table), aligned with ``adata.var``.
@@ -448,7 +584,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         query = torch.as_tensor(positions, dtype=torch.long)
         rows = [self.module.sample(tensors, query).float().cpu() for tensors in loader]
         obs_names = adata.obs_names if indices is None else adata.obs_names[np.asarray(indices)]
-        return pd.DataFrame(torch.cat(rows).numpy(), index=obs_names, columns=keys)
+        values = require_finite(torch.cat(rows).numpy(), "predicted values")
+        return pd.DataFrame(values, index=obs_names, columns=keys)
 
     @torch.inference_mode()
     def get_reconstruction_error(
@@ -498,18 +635,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         return {"masked_mse": sq_model / n, "gene_mean_mse": sq_mean / n, "n_masked": int(n)}
 
 
-def _var_gene_keys(var: pd.DataFrame, gene_key: str | None) -> pd.Index:
-    """Gene keys of ``var``: its index, or the ``gene_key`` column as strings."""
-    if gene_key is None:
-        return var.index
-    if gene_key not in var.columns:
-        raise ValueError(
-            f"gene_key {gene_key!r} is not a column of var (columns: {list(var.columns)}). "
-            "Pass an existing column, or gene_key=None to use var_names."
-        )
-    if var[gene_key].isna().any():
-        raise ValueError(f"var[{gene_key!r}] has missing values; every gene needs a key.")
-    return pd.Index(var[gene_key].astype(str))
+def _obs_table(adata, modality: str | None) -> pd.DataFrame:
+    """``obs`` of a modality of a MuData, or of ``adata`` itself."""
+    return adata.mod[modality].obs if modality is not None else adata.obs
 
 
 def _uses_gpu(accelerator: str) -> bool:

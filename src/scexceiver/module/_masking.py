@@ -46,20 +46,20 @@ def draw_masked_tokens(
         masks.
     """
     b, n = token_mask.shape
+    if n == 0:  # every cell of the minibatch is empty: nothing to mask or query
+        none = torch.zeros((b, 0), dtype=torch.long, device=token_mask.device)
+        return TokenDraw(none, none.bool(), none, none.bool())
     n_tokens = token_mask.sum(dim=1)
     n_masked = torch.minimum(n_tokens // 2, torch.full_like(n_tokens, n_mask))
     scores = torch.rand((b, n), generator=generator, device=token_mask.device)
     # eligible tokens sort first, in random order
     order = scores.masked_fill(~token_mask, 2.0).argsort(dim=1)
     slots = torch.arange(n_mask, device=token_mask.device)
-    masked_pos = order.gather(1, slots.clamp(max=max(n - 1, 0)).expand(b, -1))
+    masked_pos = order.gather(1, slots.clamp(max=n - 1).expand(b, -1))
     masked_valid = slots < n_masked.unsqueeze(1)
     visible_slot = n_masked.unsqueeze(1) + torch.arange(n_visible, device=token_mask.device)
-    visible_pos = order.gather(1, visible_slot.clamp(max=max(n - 1, 0)))
+    visible_pos = order.gather(1, visible_slot.clamp(max=n - 1))
     visible_valid = visible_slot < n_tokens.unsqueeze(1)
-    if n == 0:
-        masked_valid = masked_valid & False
-        visible_valid = visible_valid & False
     return TokenDraw(masked_pos, masked_valid, visible_pos, visible_valid)
 
 

@@ -17,6 +17,10 @@ class ExceiverTrainingPlan(TrainingPlan):
     optimiser: Adam (``eps=1e-8``), linear warmup of the learning rate over
     ``warmup_steps`` optimiser steps, then constant.
 
+    A loss that is NaN or infinite raises :class:`FloatingPointError` before the
+    backward pass, so training stops with a message instead of filling the weights
+    (and every later embedding) with NaN.
+
     Validation draws its masks from a generator seeded by ``validation_seed`` and the
     batch index, so the same genes are hidden every epoch and the validation loss is
     comparable across epochs (and not 0, as it would be if masking followed
@@ -85,6 +89,7 @@ class ExceiverTrainingPlan(TrainingPlan):
         """Masked-expression loss on one minibatch with a fresh random mask."""
         generator = self.training_generator(self.global_step, self.global_rank)
         _, _, loss_output = self.forward(batch, inference_kwargs={"generator": generator})
+        self._check_finite(loss_output.loss, "training", batch_idx)
         self._log_loss(loss_output, "train", loss_output.n_obs_minibatch)
         return loss_output.loss
 
@@ -92,7 +97,20 @@ class ExceiverTrainingPlan(TrainingPlan):
         """Loss on one validation minibatch with the fixed mask of that batch."""
         generator = self.validation_generator(batch_idx)
         _, _, loss_output = self.forward(batch, inference_kwargs={"generator": generator})
+        self._check_finite(loss_output.loss, "validation", batch_idx)
         self._log_loss(loss_output, "validation", loss_output.n_obs_minibatch)
+
+    def _check_finite(self, loss: torch.Tensor, stage: str, batch_idx: int) -> None:
+        """Stop before a non-finite loss reaches the weights, naming the likely causes."""
+        if bool(torch.isfinite(loss)):
+            return
+        raise FloatingPointError(
+            f"The {stage} loss is {float(loss.detach())} at epoch {self.current_epoch}, batch "
+            f"{batch_idx}; training stopped before this step changed the weights. Likely "
+            "causes: a learning rate too high (lower lr=), half precision overflowing "
+            "(precision='32-true'), or weights that are already not finite (a diverged "
+            "earlier run: retrain from scratch or load a saved model)."
+        )
 
     def validation_generator(self, batch_idx: int) -> torch.Generator:
         """Generator of the fixed masks of validation batch ``batch_idx``."""
