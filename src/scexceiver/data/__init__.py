@@ -3,11 +3,12 @@
 from ._loader import ExceiverDataLoader, ExceiverDataSplitter
 from ._stats import GeneStatistics, gene_statistics
 from ._tokenize import collate_tokens, tokenize_counts
-from ._vocab import GeneVocabulary
+from ._vocab import GeneOverlap, GeneVocabulary
 
 __all__ = [
     "ExceiverDataLoader",
     "ExceiverDataSplitter",
+    "GeneOverlap",
     "GeneStatistics",
     "GeneVocabulary",
     "collate_tokens",

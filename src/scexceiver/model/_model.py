@@ -17,13 +17,17 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scexceiver.data import (
     ExceiverDataLoader,
     ExceiverDataSplitter,
+    GeneOverlap,
     GeneVocabulary,
     gene_statistics,
 )
 from scexceiver.module import ExceiverModule
 from scexceiver.train import ExceiverTrainingPlan
 
+from ._fields import GenePanelLayerField, MuDataGenePanelLayerField
+from ._keys import var_gene_keys as _var_gene_keys
 from ._presets import TRAINING, resolve_preset
+from ._query import load_query_data
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         ``"default"``: sparse tokens and the changes that make the architecture learn
         biology (see the docs). ``"paper"``: the released model's shapes and math
         exactly (225,359 trainable parameters at 19,067 genes), for reproduction.
+    gene_vocabulary
+        Gene keys the model knows, in the order of its gene table; ``None`` uses the genes
+        of ``adata``. Data with other genes are aligned to it by key (:meth:`align_genes`).
     **model_kwargs
         Overrides of the preset's module configuration, e.g. ``n_latents``, ``dim``,
         ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``; see
@@ -65,28 +72,39 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     _data_splitter_cls = ExceiverDataSplitter
     _data_loader_cls = ExceiverDataLoader
 
+    #: Smallest accepted :attr:`~scexceiver.data.GeneOverlap.fraction` of data given to
+    #: the model (see :meth:`align_genes`); set it on an instance to change it.
+    min_gene_overlap: float = 0.5
+
     def __init__(
         self,
         adata: AnnData | None = None,
         preset: Literal["default", "paper"] = "default",
+        gene_vocabulary: Sequence[str] | None = None,
         **model_kwargs,
     ) -> None:
         super().__init__(adata)
         config = resolve_preset(preset, **model_kwargs)
         self.preset = preset
-        self.module = self._module_cls(
-            n_genes=self.summary_stats.n_vars,
-            n_batch=self.summary_stats.n_batch,
-            **config,
+        self.gene_vocabulary_ = GeneVocabulary.from_keys(
+            self._gene_keys(self.adata) if gene_vocabulary is None else gene_vocabulary
         )
-        self.gene_vocabulary_ = GeneVocabulary.from_keys(self._gene_keys(self.adata))
+        self.module = self._module_cls(
+            n_genes=len(self.gene_vocabulary_),
+            n_batch=self.summary_stats.n_batch,
+            **self._module_kwargs(config),
+        )
         n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
         self._model_summary_string = (
-            f"ExceiverModel ({preset} preset): {self.summary_stats.n_vars} genes, "
+            f"{type(self).__name__} ({preset} preset): {len(self.gene_vocabulary_)} genes, "
             f"{config['n_latents']} latents x {config['dim']}, {config['n_layers']} layers, "
             f"{config['token_mode']} tokens, {n_params:,} trainable parameters."
         )
         self.init_params_ = self._get_init_params(locals())
+
+    def _module_kwargs(self, config: dict) -> dict:
+        """Keyword arguments of the module beyond the vocabulary and batch sizes."""
+        return config
 
     @classmethod
     def setup_anndata(
@@ -118,7 +136,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             GeneVocabulary.from_keys(_var_gene_keys(adata.var, gene_key))
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
-            fields.LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            GenePanelLayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             fields.CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             fields.CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
@@ -175,7 +193,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         setup_method_args = cls._get_setup_method_args(**locals())
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
         mudata_fields = [
-            fields.MuDataLayerField(
+            MuDataGenePanelLayerField(
                 REGISTRY_KEYS.X_KEY,
                 rna_layer,
                 mod_key=modalities.rna_layer,
@@ -199,6 +217,87 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         modality = (setup_args.get("modalities") or {}).get("rna_layer")
         var = adata.mod[modality].var if modality is not None else adata.var
         return _var_gene_keys(var, setup_args.get("gene_key"))
+
+    def _var(self, adata) -> pd.DataFrame:
+        modality = (self.adata_manager.registry["setup_args"].get("modalities") or {}).get(
+            "rna_layer"
+        )
+        return adata.mod[modality].var if modality is not None else adata.var
+
+    def _gene_lookup(
+        self, adata, min_gene_overlap: float | None = None
+    ) -> tuple[np.ndarray | None, GeneOverlap]:
+        """Vocabulary position of each gene of ``adata`` (``None``: same panel) and overlap."""
+        lookup, overlap = self.gene_vocabulary_.align(
+            self._gene_keys(adata),
+            self._var(adata),
+            self.min_gene_overlap if min_gene_overlap is None else min_gene_overlap,
+        )
+        if lookup is not None:
+            logger.info("Aligned the data's genes to the model's vocabulary: %s.", overlap)
+        return lookup, overlap
+
+    def _loader_kwargs(self, adata) -> dict:
+        """Data loader arguments that map ``adata``'s genes onto the vocabulary."""
+        lookup, _ = self._gene_lookup(adata)
+        if lookup is None:
+            return {}
+        return {"gene_lookup": lookup, "n_genes": len(self.gene_vocabulary_)}
+
+    def align_genes(
+        self, adata: AnnData | None = None, min_gene_overlap: float | None = None
+    ) -> GeneOverlap:
+        """Check how the genes of ``adata`` map onto the model's gene vocabulary.
+
+        Genes are matched by the model's gene key (``var_names`` or the ``gene_key``
+        column given to :meth:`setup_anndata`), whatever their order. Genes the model does
+        not know are not tokens; vocabulary genes the data lacks are treated as
+        unmeasured, and library sizes are summed over the shared genes. Every method
+        that takes an ``adata`` aligns it this way.
+
+        Parameters
+        ----------
+        adata
+            AnnData (or MuData) with the model's gene key; ``None`` uses the model's.
+        min_gene_overlap
+            Smallest accepted :attr:`~scexceiver.data.GeneOverlap.fraction` (the share of
+            the smaller gene set found in the other); ``None`` uses
+            :attr:`min_gene_overlap`.
+
+        Returns
+        -------
+        scexceiver.data.GeneOverlap
+            Counts and fractions of shared genes (also logged).
+
+        Raises
+        ------
+        ValueError
+            Below ``min_gene_overlap``, naming the ``gene_key`` that would match when a
+            ``var`` column (e.g. Ensembl IDs instead of symbols) does.
+        """
+        adata = self.adata if adata is None else adata
+        return self._gene_lookup(adata, min_gene_overlap)[1]
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model: ExceiverModel,
+        *,
+        freeze_backbone: bool = True,
+        min_gene_overlap: float = 0.5,
+    ) -> ExceiverModel:
+        """A model of new data ``adata`` that starts from a pretrained ``reference_model``.
+
+        See :func:`scexceiver.model.load_query_data` for the details.
+        """
+        return load_query_data(
+            cls,
+            adata,
+            reference_model,
+            freeze_backbone=freeze_backbone,
+            min_gene_overlap=min_gene_overlap,
+        )
 
     def train(
         self,
@@ -270,6 +369,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
+            **self._loader_kwargs(self.adata),
             **(datasplitter_kwargs or {}),
         )
         if not self.module.is_fitted:
@@ -292,7 +392,14 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        stats = gene_statistics(counts, train_idx)
+        lookup, _ = self._gene_lookup(self.adata)
+        if lookup is None:
+            stats = gene_statistics(counts, train_idx)
+        else:
+            genes = np.flatnonzero(lookup >= 0)
+            stats = gene_statistics(counts, train_idx, genes=genes).to_vocabulary(
+                lookup[genes], len(self.gene_vocabulary_)
+            )
         self.module.fit_statistics(stats)
         logger.info(
             "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
@@ -310,7 +417,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             )
         adata = self._validate_anndata(adata)
         self.module.eval()
-        return adata, self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        loader = self._make_data_loader(
+            adata=adata, indices=indices, batch_size=batch_size, **self._loader_kwargs(adata)
+        )
+        return adata, loader
 
     @torch.inference_mode()
     def get_latent_representation(
@@ -454,20 +564,6 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             )
             n += float(masked.sum())
         return {"masked_mse": sq_model / n, "gene_mean_mse": sq_mean / n, "n_masked": int(n)}
-
-
-def _var_gene_keys(var: pd.DataFrame, gene_key: str | None) -> pd.Index:
-    """Gene keys of ``var``: its index, or the ``gene_key`` column as strings."""
-    if gene_key is None:
-        return var.index
-    if gene_key not in var.columns:
-        raise ValueError(
-            f"gene_key {gene_key!r} is not a column of var (columns: {list(var.columns)}). "
-            "Pass an existing column, or gene_key=None to use var_names."
-        )
-    if var[gene_key].isna().any():
-        raise ValueError(f"var[{gene_key!r}] has missing values; every gene needs a key.")
-    return pd.Index(var[gene_key].astype(str))
 
 
 def _uses_gpu(accelerator: str) -> bool:
