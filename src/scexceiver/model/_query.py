@@ -39,6 +39,7 @@ def load_query_data(
     *,
     freeze_backbone: bool = True,
     min_gene_overlap: float = 0.5,
+    **init_kwargs,
 ) -> ExceiverModel:
     """A model of new data ``adata`` that starts from a pretrained ``reference_model``.
 
@@ -62,6 +63,8 @@ def load_query_data(
     min_gene_overlap
         Smallest accepted share of the smaller gene set found in the other (see
         :meth:`~scexceiver.ExceiverModel.align_genes`).
+    **init_kwargs
+        Further arguments of ``cls`` (e.g. the predictor's task).
 
     Returns
     -------
@@ -96,6 +99,7 @@ def load_query_data(
         preset=reference_model.preset,
         gene_vocabulary=list(vocabulary.keys),
         **reference_model.init_params_["kwargs"].get("model_kwargs", {}),
+        **init_kwargs,
     )
     n_reference = len(reference_vocabulary)
     same_batches = _batch_categories(model) == _batch_categories(reference_model)
@@ -104,7 +108,7 @@ def load_query_data(
         _fit_new_genes(model, n_reference)
     if freeze_backbone:
         trainable = () if same_batches else (_BATCH_EMBEDDING,)
-        model.freeze_handle_ = freeze_reference(model.module, n_reference, trainable)
+        model._freeze_handle = freeze_reference(model.module, n_reference, trainable)
     return model
 
 

@@ -2,16 +2,20 @@
 
 from ._attention import Attention, CrossAttentionBlock
 from ._exceiver import Exceiver
+from ._freeze import freeze_reference
 from ._masking import draw_masked_tokens, lookup_counts
 from ._module import ExceiverModule
 from ._normalize import ExpressionNormalizer
+from ._predictor import ExceiverPredictorModule
 
 __all__ = [
     "Attention",
     "CrossAttentionBlock",
     "Exceiver",
     "ExceiverModule",
+    "ExceiverPredictorModule",
     "ExpressionNormalizer",
     "draw_masked_tokens",
+    "freeze_reference",
     "lookup_counts",
 ]

@@ -18,9 +18,8 @@ def freeze_reference(
     Parameters other than the gene table and the per-gene output bias stop requiring
     gradients. The gene-indexed parameters keep training, but their first
     ``n_reference_genes`` entries are restored before every look-up of the gene table, so
-    only the
-    new genes' embeddings and biases change (exactly, whatever the optimiser's weight
-    decay or momentum do to the frozen entries).
+    only the new genes' embeddings and biases change (exactly, whatever the optimiser's
+    weight decay or momentum do to the frozen entries).
 
     Parameters
     ----------

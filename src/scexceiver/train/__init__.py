@@ -1,5 +1,6 @@
-"""Training plan for Exceiver."""
+"""Training plans for Exceiver."""
 
 from ._plan import ExceiverTrainingPlan
+from ._predictor_plan import ExceiverPredictorTrainingPlan
 
-__all__ = ["ExceiverTrainingPlan"]
+__all__ = ["ExceiverPredictorTrainingPlan", "ExceiverTrainingPlan"]
