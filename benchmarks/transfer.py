@@ -42,10 +42,10 @@ from batch_injection import load_kang
 
 SIZES = {
     "quick": {
-        "kang_cells": 1000,
-        "pretrain_epochs": 8,
-        "pbmc_cells": 1200,
-        "finetune_epochs": 4,
+        "kang_cells": 600,
+        "pretrain_epochs": 6,
+        "pbmc_cells": 900,
+        "finetune_epochs": 3,
     },
     "full": {
         "kang_cells": 7000,

@@ -41,41 +41,10 @@ def load_query_data(
     min_gene_overlap: float = 0.5,
     **init_kwargs,
 ) -> ExceiverModel:
-    """A model of new data ``adata`` that starts from a pretrained ``reference_model``.
+    """Build a ``cls`` model of ``adata`` from ``reference_model``.
 
-    scArches-style query mapping for a transformer: the new model has the reference's
-    architecture and weights, and a vocabulary that extends the reference's with the
-    genes of ``adata`` it does not know (fresh, small embeddings and output biases at the
-    gene's mean). Shared genes keep the reference's normalisation statistics, new genes
-    get statistics computed on ``adata``. The returned model embeds ``adata`` zero-shot
-    (no training needed); ``model.train()`` continues masked pretraining on it.
-
-    Parameters
-    ----------
-    adata
-        AnnData of raw counts. If it is not registered with ``setup_anndata`` it is
-        registered with the reference's setup arguments (layer, batch, labels, gene key).
-    reference_model
-        A trained :class:`~scexceiver.ExceiverModel`.
-    freeze_backbone
-        Continued training updates only the new genes' embeddings and output biases
-        (and a new batch embedding); ``False`` trains every parameter.
-    min_gene_overlap
-        Smallest accepted share of the smaller gene set found in the other (see
-        :meth:`~scexceiver.ExceiverModel.align_genes`).
-    **init_kwargs
-        Further arguments of ``cls`` (e.g. the predictor's task).
-
-    Returns
-    -------
-    ExceiverModel
-        A model on ``adata`` (of the class the method was called on).
-
-    Raises
-    ------
-    ValueError
-        If the reference is untrained or the gene overlap is too small (naming the
-        ``gene_key`` that would match).
+    Documented at :meth:`scexceiver.ExceiverModel.load_query_data`; ``init_kwargs`` are
+    further arguments of ``cls`` (e.g. the predictor's task).
     """
     if not reference_model.module.is_fitted:
         raise ValueError("reference_model is untrained: train it (or load a trained one).")
