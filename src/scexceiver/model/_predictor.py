@@ -252,17 +252,12 @@ class ExceiverPredictor(ExceiverModel):
             module.class_weights.copy_(torch.as_tensor(weights, dtype=torch.float32))
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
-        if (
-            adata is not None
-            and self.adata_manager is not None
-            and self.get_anndata_manager(adata) is None
-        ):
-            labels_key = self.adata_manager.registry["setup_args"]["labels_key"]
-            if labels_key not in adata.obs and self.task == "regression":
-                adata.obs[labels_key] = np.nan
-            self._register_manager_for_instance(
-                self.adata_manager.transfer_fields(adata, allow_missing_labels=True)
-            )
+        if adata is not None and self.adata_manager is not None:
+            setup = self.adata_manager.registry["setup_args"]
+            if setup["labels_key"] not in adata.obs:
+                # data to predict need no target: mark every cell unlabelled (as scANVI)
+                unlabelled = np.nan if self.task == "regression" else setup["unlabeled_category"]
+                adata.obs[setup["labels_key"]] = unlabelled
         return super()._validate_anndata(adata, copy_if_view)
 
     @torch.inference_mode()
@@ -279,7 +274,8 @@ class ExceiverPredictor(ExceiverModel):
         ----------
         adata
             AnnData of raw counts (genes aligned by key); ``None`` uses the predictor's.
-            If it lacks the target column, scvi-tools adds it as unlabelled.
+            If it lacks the target column, the column is added with every cell
+            unlabelled.
         indices
             Cells; all by default.
         soft
