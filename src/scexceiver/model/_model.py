@@ -213,15 +213,13 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _gene_keys(self, adata) -> pd.Index:
         """Gene keys of ``adata`` (its RNA modality for a MuData) by the registered key."""
-        setup_args = self.adata_manager.registry["setup_args"]
-        modality = (setup_args.get("modalities") or {}).get("rna_layer")
-        var = adata.mod[modality].var if modality is not None else adata.var
-        return _var_gene_keys(var, setup_args.get("gene_key"))
+        gene_key = self.adata_manager.registry["setup_args"].get("gene_key")
+        return _var_gene_keys(self._var(adata), gene_key)
 
     def _var(self, adata) -> pd.DataFrame:
-        modality = (self.adata_manager.registry["setup_args"].get("modalities") or {}).get(
-            "rna_layer"
-        )
+        """``var`` of ``adata``, or of its RNA modality for a MuData."""
+        setup_args = self.adata_manager.registry["setup_args"]
+        modality = (setup_args.get("modalities") or {}).get("rna_layer")
         return adata.mod[modality].var if modality is not None else adata.var
 
     def _gene_lookup(
@@ -276,7 +274,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             ``var`` column (e.g. Ensembl IDs instead of symbols) does.
         """
         adata = self.adata if adata is None else adata
-        return self._gene_lookup(adata, min_gene_overlap)[1]
+        overlap = self._gene_lookup(adata, min_gene_overlap)[1]
+        logger.info("Genes against the model's vocabulary: %s.", overlap)
+        return overlap
 
     @classmethod
     def load_query_data(
