@@ -407,7 +407,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             self._fit_statistics(datamodule.train_idx)
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
         trainer_kwargs.setdefault("gradient_clip_val", 1.0)
-        return super().train(
+        result = super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
@@ -419,6 +419,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             precision=precision,
             **trainer_kwargs,
         )
+        restore_frozen = getattr(self, "_restore_frozen", None)
+        if restore_frozen is not None:
+            restore_frozen()
+        return result
 
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)

@@ -77,7 +77,7 @@ def load_query_data(
         _fit_new_genes(model, n_reference)
     if freeze_backbone:
         trainable = () if same_batches else (_BATCH_EMBEDDING,)
-        model._freeze_handle = freeze_reference(model.module, n_reference, trainable)
+        model._restore_frozen = freeze_reference(model.module, n_reference, trainable)
     return model
 
 

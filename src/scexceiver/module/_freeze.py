@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 #: Parameters indexed by gene, and the axis of the gene index.
 GENE_AXES = {"network.gene_embedding.weight": 0, "network.output_bias": 1}
@@ -12,7 +13,7 @@ GENE_AXES = {"network.gene_embedding.weight": 0, "network.output_bias": 1}
 
 def freeze_reference(
     module: nn.Module, n_reference_genes: int, trainable: tuple[str, ...] = ()
-) -> RemovableHandle:
+) -> Callable[[], None]:
     """Freeze everything but the genes after ``n_reference_genes`` (and ``trainable``).
 
     Parameters other than the gene table and the per-gene output bias stop requiring
@@ -33,8 +34,9 @@ def freeze_reference(
 
     Returns
     -------
-    torch.utils.hooks.RemovableHandle
-        The hook that restores the frozen entries; ``handle.remove()`` unfreezes them.
+    Callable
+        Restores the frozen entries now; call it after the last optimiser step so the
+        stored parameters hold them too (:meth:`~scexceiver.ExceiverModel.train` does).
     """
     parameters = dict(module.named_parameters())
     for name, parameter in parameters.items():
@@ -46,10 +48,11 @@ def freeze_reference(
     }
 
     @torch.no_grad()
-    def restore(_module: nn.Module, _args) -> None:
+    def restore(*_hook_args) -> None:
         for name, values in frozen.items():
             parameters[name].narrow(GENE_AXES[name], 0, n_reference_genes).copy_(values)
 
     # every encode and decode looks the gene table up before using either gene tensor,
     # so inference after the last optimiser step also sees the frozen values
-    return module.network.gene_embedding.register_forward_pre_hook(restore)
+    module.network.gene_embedding.register_forward_pre_hook(restore)
+    return restore
