@@ -5,11 +5,11 @@ from importlib.metadata import PackageNotFoundError, version
 import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup needs it imported)
 
 from . import datasets, pl, tl
-from .model import ExceiverModel
+from .model import ExceiverModel, ExceiverPredictor
 
 try:
     __version__ = version("scexceiver")
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-__all__ = ["ExceiverModel", "datasets", "pl", "tl"]
+__all__ = ["ExceiverModel", "ExceiverPredictor", "datasets", "pl", "tl"]

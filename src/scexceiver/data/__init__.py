@@ -8,23 +8,22 @@ from ._tokenize import collate_tokens, tokenize_counts
 from ._validate import (
     CountsSummary,
     check_counts,
-    check_gene_panel,
     check_obs_key,
     counts_matrix,
     gene_keys,
     validate_setup,
 )
-from ._vocab import GeneVocabulary
+from ._vocab import GeneOverlap, GeneVocabulary
 
 __all__ = [
     "CountsSummary",
     "ExceiverDataLoader",
     "ExceiverDataSplitter",
+    "GeneOverlap",
     "GeneStatistics",
     "GeneVocabulary",
     "LengthGroupedSampler",
     "check_counts",
-    "check_gene_panel",
     "check_obs_key",
     "collate_tokens",
     "counts_matrix",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import numpy as np
 from scvi import REGISTRY_KEYS, settings
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 
@@ -18,16 +21,31 @@ class ExceiverDataLoader(AnnDataLoader):
 
     Parameters
     ----------
-    adata_manager, *args, **kwargs
+    adata_manager, *args
         Arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
+    gene_lookup
+        Vocabulary position of each of the data's genes (-1: not in the vocabulary), when
+        the data's gene panel is not the model's; ``None`` when it is.
+    n_genes
+        Size of the model's vocabulary (needed with ``gene_lookup``).
     length_bucketing
         When shuffling, batch cells with similar numbers of expressed genes together
         (:class:`~scexceiver.data.LengthGroupedSampler`) so less of each batch is padding.
+    **kwargs
+        Keyword arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
     """
 
-    def __init__(self, adata_manager, *args, length_bucketing: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        adata_manager,
+        *args,
+        gene_lookup: np.ndarray | None = None,
+        n_genes: int | None = None,
+        length_bucketing: bool = False,
+        **kwargs,
+    ) -> None:
         kwargs["load_sparse_tensor"] = True
-        kwargs["collate_fn"] = collate_tokens
+        kwargs["collate_fn"] = partial(collate_tokens, gene_lookup=gene_lookup, n_genes=n_genes)
         bucketing = length_bucketing and kwargs.get("shuffle", False)
         if bucketing:
             kwargs["shuffle"] = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -38,9 +38,34 @@ class GeneStatistics:
     log_library_std: float
     n_cells: int
 
+    def to_vocabulary(self, positions: np.ndarray, n_genes: int) -> GeneStatistics:
+        """These statistics placed at vocabulary ``positions`` of a vocabulary of ``n_genes``.
+
+        Vocabulary genes without statistics get neutral values (mean 0, std 1, expressed
+        mean 1, detection rate 0).
+        """
+
+        def scatter(values: np.ndarray, fill: float) -> np.ndarray:
+            out = np.full(n_genes, fill, dtype=np.float32)
+            out[positions] = values
+            return out
+
+        return replace(
+            self,
+            mean=scatter(self.mean, 0.0),
+            std=scatter(self.std, 1.0),
+            expressed_mean=scatter(self.expressed_mean, 1.0),
+            detection_rate=scatter(self.detection_rate, 0.0),
+        )
+
 
 def gene_statistics(
-    x, indices: np.ndarray | None = None, *, target_sum: float = 1e4, chunk_size: int = 4096
+    x,
+    indices: np.ndarray | None = None,
+    *,
+    genes: np.ndarray | None = None,
+    target_sum: float = 1e4,
+    chunk_size: int = 4096,
 ) -> GeneStatistics:
     """Compute :class:`GeneStatistics` of raw counts ``x`` over rows ``indices``.
 
@@ -54,6 +79,9 @@ def gene_statistics(
         (cells, genes) raw counts: scipy sparse, dense array or backed dataset.
     indices
         Rows to use (the training cells); all rows by default.
+    genes
+        Columns to use (e.g. the genes in a model's vocabulary); library sizes are summed
+        over these columns only. All columns by default.
     target_sum
         Counts per cell after library-size scaling.
     chunk_size
@@ -64,7 +92,7 @@ def gene_statistics(
     indices = np.sort(np.asarray(indices))
     if indices.size == 0:
         raise ValueError("Cannot compute gene statistics on zero cells.")
-    n_genes = x.shape[1]
+    n_genes = x.shape[1] if genes is None else len(genes)
     total = np.zeros(n_genes)
     total_sq = np.zeros(n_genes)
     detected = np.zeros(n_genes)
@@ -75,6 +103,8 @@ def gene_statistics(
         # one contiguous read per chunk (fast on backed / on-disk matrices)
         block = x[int(rows[0]) : int(rows[-1]) + 1]
         chunk = sparse.csr_matrix(block[rows - rows[0]], dtype=np.float64)
+        if genes is not None:
+            chunk = chunk[:, genes]
         chunk.eliminate_zeros()
         library = np.asarray(chunk.sum(axis=1)).ravel()
         log_library.append(np.log1p(library))

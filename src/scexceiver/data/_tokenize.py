@@ -10,7 +10,11 @@ from scvi import REGISTRY_KEYS
 from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
 
 
-def tokenize_counts(x: torch.Tensor | np.ndarray | sparse.spmatrix) -> dict[str, torch.Tensor]:
+def tokenize_counts(
+    x: torch.Tensor | np.ndarray | sparse.spmatrix,
+    gene_lookup: np.ndarray | torch.Tensor | None = None,
+    n_genes: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Pad each cell's expressed genes into (gene index, count) tokens.
 
     Vectorised over the CSR structure (no Python loop over cells). Explicit zeros are
@@ -22,6 +26,13 @@ def tokenize_counts(x: torch.Tensor | np.ndarray | sparse.spmatrix) -> dict[str,
     x
         (cells, genes) raw counts: a torch sparse CSR tensor, a scipy sparse matrix, or
         a dense array.
+    gene_lookup
+        (genes,) vocabulary position of each column of ``x``, -1 for genes outside the
+        vocabulary: tokens then carry vocabulary positions, genes outside it are dropped
+        and do not count towards the library size. ``None``: columns are the vocabulary.
+    n_genes
+        Size of the vocabulary (the padding index); required with ``gene_lookup``,
+        otherwise the number of columns of ``x``.
 
     Returns
     -------
@@ -30,10 +41,17 @@ def tokenize_counts(x: torch.Tensor | np.ndarray | sparse.spmatrix) -> dict[str,
         and ``library_size`` (b,) float32, with ``n`` the largest number of expressed
         genes.
     """
-    crow, col, val, (n_cells, n_genes) = _csr_parts(x)
+    crow, col, val, (n_cells, n_cols) = _csr_parts(x)
     lengths = crow.diff()
     row = torch.repeat_interleave(torch.arange(n_cells), lengths)
     keep = val != 0
+    if gene_lookup is None:
+        n_genes = n_cols
+    else:
+        if n_genes is None:
+            raise ValueError("tokenize_counts needs n_genes (the vocabulary size) with a lookup.")
+        col = torch.as_tensor(gene_lookup, dtype=torch.int64)[col]
+        keep &= col >= 0
     if not bool(keep.all()):
         row, col, val = row[keep], col[keep], val[keep]
         lengths = torch.bincount(row, minlength=n_cells)
@@ -74,13 +92,17 @@ def _csr_parts(x) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, 
     )
 
 
-def collate_tokens(batch: dict) -> dict[str, torch.Tensor]:
+def collate_tokens(
+    batch: dict, gene_lookup: np.ndarray | None = None, n_genes: int | None = None
+) -> dict[str, torch.Tensor]:
     """Collate function for scvi-tools' dataset: replace ``X`` by gene tokens.
 
     Other registered fields (batch, labels) are converted to tensors unchanged.
+    ``gene_lookup`` and ``n_genes`` map the data's columns onto a model's vocabulary
+    (see :func:`tokenize_counts`).
     """
     out = {
         key: torch.as_tensor(value) for key, value in batch.items() if key != REGISTRY_KEYS.X_KEY
     }
-    out.update(tokenize_counts(batch[REGISTRY_KEYS.X_KEY]))
+    out.update(tokenize_counts(batch[REGISTRY_KEYS.X_KEY], gene_lookup, n_genes))
     return out

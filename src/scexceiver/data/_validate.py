@@ -244,46 +244,6 @@ def check_counts(
     )
 
 
-def check_gene_panel(
-    vocabulary: GeneVocabulary, keys: Sequence[str], *, min_overlap: float = MIN_GENE_OVERLAP
-) -> None:
-    """Check that an AnnData's gene keys match a trained model's vocabulary.
-
-    Parameters
-    ----------
-    vocabulary
-        The model's gene vocabulary.
-    keys
-        The AnnData's gene keys, in its column order.
-    min_overlap
-        Smallest fraction of the vocabulary that must be present.
-
-    Raises
-    ------
-    ValueError
-        If the keys differ from the vocabulary: one message when the overlap is too small
-        (likely a different kind of gene key), another naming how to reorder otherwise.
-    """
-    keys = tuple(str(k) for k in keys)
-    if keys == vocabulary.keys:
-        return
-    n_shared = int((vocabulary.positions(keys) >= 0).sum())
-    fraction = n_shared / len(vocabulary)
-    if fraction < min_overlap:
-        raise ValueError(
-            f"Only {n_shared} of the model's {len(vocabulary)} genes ({fraction:.1%}) are "
-            f"among this AnnData's {len(keys)} gene keys (at least {min_overlap:.0%} are "
-            "needed). Check that the gene keys are of the same kind as the model's (e.g. "
-            "symbols vs Ensembl IDs; see setup_anndata(gene_key=...)) and the same species."
-        )
-    raise ValueError(
-        f"This AnnData's genes differ from the model's: {n_shared} of the model's "
-        f"{len(vocabulary)} genes ({fraction:.1%}) are present, in another order or with "
-        f"extra genes ({len(keys)} genes). Put its columns in the model's gene order "
-        "(model.gene_vocabulary_.keys), with missing genes as all-zero columns."
-    )
-
-
 def require_finite(values: np.ndarray, what: str) -> np.ndarray:
     """Return ``values`` if all are finite; otherwise raise a clear error.
 

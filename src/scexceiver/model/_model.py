@@ -21,9 +21,9 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scexceiver.data import (
     ExceiverDataLoader,
     ExceiverDataSplitter,
+    GeneOverlap,
     GeneVocabulary,
     check_counts,
-    check_gene_panel,
     check_obs_key,
     counts_matrix,
     gene_statistics,
@@ -35,7 +35,9 @@ from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
 from scexceiver.train._checkpoint import resolve_resume
 
 from . import _persist
+from ._fields import GenePanelLayerField, MuDataGenePanelLayerField
 from ._presets import TRAINING, resolve_preset
+from ._query import load_query_data
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         ``"default"``: sparse tokens and the changes that make the architecture learn
         biology (see the docs). ``"paper"``: the released model's shapes and math
         exactly (225,359 trainable parameters at 19,067 genes), for reproduction.
+    gene_vocabulary
+        Gene keys the model knows, in the order of its gene table; ``None`` uses the genes
+        of ``adata``. Data with other genes are aligned to it by key (:meth:`align_genes`).
     **model_kwargs
         Overrides of the preset's module configuration, e.g. ``n_latents``, ``dim``,
         ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``; see
@@ -77,10 +82,15 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     _data_splitter_cls = ExceiverDataSplitter
     _data_loader_cls = ExceiverDataLoader
 
+    #: Smallest accepted :attr:`~scexceiver.data.GeneOverlap.fraction` of data given to
+    #: the model (see :meth:`align_genes`); set it on an instance to change it.
+    min_gene_overlap: float = 0.5
+
     def __init__(
         self,
         adata: AnnData | None = None,
         preset: Literal["default", "paper"] = "default",
+        gene_vocabulary: Sequence[str] | None = None,
         *,
         registry: dict | None = None,
         **model_kwargs,
@@ -88,22 +98,25 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         super().__init__(adata, registry=registry)
         config = resolve_preset(preset, **model_kwargs)
         self.preset = preset
-        self.module = self._module_cls(
-            n_genes=self.summary_stats.n_vars,
-            n_batch=self.summary_stats.n_batch,
-            **config,
+        self.gene_vocabulary_ = GeneVocabulary.from_keys(
+            self._gene_keys(self.adata) if gene_vocabulary is None else gene_vocabulary
         )
-        # a model built from a saved registry alone gets its vocabulary from the save
-        self.gene_vocabulary_ = (
-            GeneVocabulary.from_keys(self._gene_keys(adata)) if adata is not None else None
+        self.module = self._module_cls(
+            n_genes=len(self.gene_vocabulary_),
+            n_batch=self.summary_stats.n_batch,
+            **self._module_kwargs(config),
         )
         n_params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
         self._model_summary_string = (
-            f"ExceiverModel ({preset} preset): {self.summary_stats.n_vars} genes, "
+            f"{type(self).__name__} ({preset} preset): {len(self.gene_vocabulary_)} genes, "
             f"{config['n_latents']} latents x {config['dim']}, {config['n_layers']} layers, "
             f"{config['token_mode']} tokens, {n_params:,} trainable parameters."
         )
         self.init_params_ = self._get_init_params(locals())
+
+    def _module_kwargs(self, config: dict) -> dict:
+        """Keyword arguments of the module beyond the vocabulary and batch sizes."""
+        return config
 
     @classmethod
     def setup_anndata(
@@ -151,7 +164,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         )
         setup_method_args = cls._get_setup_method_args(**locals())
         anndata_fields = [
-            fields.LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            GenePanelLayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
             fields.CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             fields.CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
@@ -215,7 +228,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             check_obs_key(_obs_table(mdata, modalities.get(name)), name, key)
         modalities = cls._create_modalities_attr_dict(modalities, setup_method_args)
         mudata_fields = [
-            fields.MuDataLayerField(
+            MuDataGenePanelLayerField(
                 REGISTRY_KEYS.X_KEY,
                 rna_layer,
                 mod_key=modalities.rna_layer,
@@ -254,7 +267,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         setup_args = self.registry_["setup_args"]
         modalities = setup_args.get("modalities") or {}
         rna = adata.mod[modalities["rna_layer"]] if "rna_layer" in modalities else adata
-        check_gene_panel(self.gene_vocabulary_, self._gene_keys(adata))
+        self._gene_lookup(adata)
         layer = setup_args.get("rna_layer" if "rna_layer" in modalities else "layer")
         check_counts(
             counts_matrix(rna, layer),
@@ -329,6 +342,119 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     def load_registry(dir_path: str | Path) -> dict:
         """The scvi-tools registry of a model saved by :meth:`save`."""
         return _persist.from_json(_persist.read_metadata(Path(dir_path))["registry"])
+
+    def _var(self, adata) -> pd.DataFrame:
+        """``var`` of ``adata``, or of its RNA modality for a MuData."""
+        setup_args = self.adata_manager.registry["setup_args"]
+        modality = (setup_args.get("modalities") or {}).get("rna_layer")
+        return adata.mod[modality].var if modality is not None else adata.var
+
+    def _gene_lookup(
+        self, adata, min_gene_overlap: float | None = None
+    ) -> tuple[np.ndarray | None, GeneOverlap]:
+        """Vocabulary position of each gene of ``adata`` (``None``: same panel) and overlap."""
+        lookup, overlap = self.gene_vocabulary_.align(
+            self._gene_keys(adata),
+            self._var(adata),
+            self.min_gene_overlap if min_gene_overlap is None else min_gene_overlap,
+        )
+        if lookup is not None:
+            logger.info("Aligned the data's genes to the model's vocabulary: %s.", overlap)
+        return lookup, overlap
+
+    def _loader_kwargs(self, adata) -> dict:
+        """Data loader arguments that map ``adata``'s genes onto the vocabulary."""
+        lookup, _ = self._gene_lookup(adata)
+        if lookup is None:
+            return {}
+        return {"gene_lookup": lookup, "n_genes": len(self.gene_vocabulary_)}
+
+    def align_genes(
+        self, adata: AnnData | None = None, min_gene_overlap: float | None = None
+    ) -> GeneOverlap:
+        """Check how the genes of ``adata`` map onto the model's gene vocabulary.
+
+        Genes are matched by the model's gene key (``var_names`` or the ``gene_key``
+        column given to :meth:`setup_anndata`), whatever their order. Genes the model does
+        not know are not tokens; vocabulary genes the data lacks are treated as
+        unmeasured, and library sizes are summed over the shared genes. Every method
+        that takes an ``adata`` aligns it this way.
+
+        Parameters
+        ----------
+        adata
+            AnnData (or MuData) with the model's gene key; ``None`` uses the model's.
+        min_gene_overlap
+            Smallest accepted :attr:`~scexceiver.data.GeneOverlap.fraction` (the share of
+            the smaller gene set found in the other); ``None`` uses
+            :attr:`min_gene_overlap`.
+
+        Returns
+        -------
+        scexceiver.data.GeneOverlap
+            Counts and fractions of shared genes (also logged).
+
+        Raises
+        ------
+        ValueError
+            Below ``min_gene_overlap``, naming the ``gene_key`` that would match when a
+            ``var`` column (e.g. Ensembl IDs instead of symbols) does.
+        """
+        adata = self.adata if adata is None else adata
+        overlap = self._gene_lookup(adata, min_gene_overlap)[1]
+        logger.info("Genes against the model's vocabulary: %s.", overlap)
+        return overlap
+
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model: ExceiverModel,
+        *,
+        freeze_backbone: bool = True,
+        min_gene_overlap: float = 0.5,
+    ) -> ExceiverModel:
+        """A model of new data ``adata`` that starts from a pretrained ``reference_model``.
+
+        scArches-style query mapping for a transformer: the new model has the reference's
+        architecture and weights, and a vocabulary that extends the reference's with the
+        genes of ``adata`` it does not know (fresh, small embeddings and output biases at the
+        gene's mean). Shared genes keep the reference's normalisation statistics, new genes
+        get statistics computed on ``adata``. The returned model embeds ``adata`` zero-shot
+        (no training needed); ``model.train()`` continues masked pretraining on it.
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts. If it is not registered with ``setup_anndata`` it is
+            registered with the reference's setup arguments (layer, batch, labels, gene key).
+        reference_model
+            A trained :class:`~scexceiver.ExceiverModel`.
+        freeze_backbone
+            Continued training updates only the new genes' embeddings and output biases
+            (and a new batch embedding); ``False`` trains every parameter.
+        min_gene_overlap
+            Smallest accepted share of the smaller gene set found in the other (see
+            :meth:`~scexceiver.ExceiverModel.align_genes`).
+
+        Returns
+        -------
+        ExceiverModel
+            A model on ``adata`` (of the class the method was called on).
+
+        Raises
+        ------
+        ValueError
+            If the reference is untrained or the gene overlap is too small (naming the
+            ``gene_key`` that would match).
+        """
+        return load_query_data(
+            cls,
+            adata,
+            reference_model,
+            freeze_backbone=freeze_backbone,
+            min_gene_overlap=min_gene_overlap,
+        )
 
     def train(
         self,
@@ -435,6 +561,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             validation_size=validation_size,
             batch_size=batch_size,
             distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            **self._loader_kwargs(self.adata),
             **datasplitter_kwargs,
         )
         datamodule.setup()
@@ -455,7 +582,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), callback]
         if ckpt_path is not None:
             trainer_kwargs["ckpt_path"] = ckpt_path
-        return super().train(
+        result = super().train(
             max_epochs=max_epochs,
             accelerator=accelerator,
             devices=devices,
@@ -467,10 +594,21 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             precision=precision,
             **trainer_kwargs,
         )
+        restore_frozen = getattr(self, "_restore_frozen", None)
+        if restore_frozen is not None:
+            restore_frozen()
+        return result
 
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        stats = gene_statistics(counts, train_idx)
+        lookup, _ = self._gene_lookup(self.adata)
+        if lookup is None:
+            stats = gene_statistics(counts, train_idx)
+        else:
+            genes = np.flatnonzero(lookup >= 0)
+            stats = gene_statistics(counts, train_idx, genes=genes).to_vocabulary(
+                lookup[genes], len(self.gene_vocabulary_)
+            )
         self.module.fit_statistics(stats)
         logger.info(
             "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
@@ -488,7 +626,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             )
         adata = self._validate_anndata(adata)
         self.module.eval()
-        return adata, self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        loader = self._make_data_loader(
+            adata=adata, indices=indices, batch_size=batch_size, **self._loader_kwargs(adata)
+        )
+        return adata, loader
 
     @torch.inference_mode()
     def get_latent_representation(

@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from scvi.model._utils import parse_device_args
 
-from scexceiver.data import GeneVocabulary, check_gene_panel
+from scexceiver.data import GeneVocabulary
 from scexceiver.data._validate import registered_gene_keys
 
 FORMAT = "scexceiver-model"
@@ -96,15 +96,15 @@ def load_model(cls, dir_path: str | Path, adata=None, *, accelerator: str, devic
     if adata is None and metadata["anndata_file"] is not None:
         adata = _read_anndata(path / metadata["anndata_file"])
     if adata is not None:
-        check_gene_panel(vocabulary, registered_gene_keys(adata, registry["setup_args"]))
+        vocabulary.align(
+            registered_gene_keys(adata, registry["setup_args"]), min_overlap=cls.min_gene_overlap
+        )
         setup = getattr(cls, registry.get("setup_method_name", "setup_anndata"))
         setup(adata, source_registry=registry, **registry["setup_args"])
     init_params = from_json(metadata["init_params"])
     kwargs = {k: v for group in init_params["kwargs"].values() for k, v in group.items()}
-    model = cls(
-        adata, registry=registry if adata is None else None, **init_params["non_kwargs"], **kwargs
-    )
-    model.gene_vocabulary_ = vocabulary
+    non_kwargs = {**init_params["non_kwargs"], "gene_vocabulary": list(vocabulary.keys)}
+    model = cls(adata, registry=registry if adata is None else None, **non_kwargs, **kwargs)
     for name, value in from_json(metadata["attributes"]).items():
         setattr(model, name, value)
     try:

@@ -2,9 +2,11 @@
 
 from ._attention import Attention, CrossAttentionBlock
 from ._exceiver import Exceiver
+from ._freeze import freeze_reference
 from ._masking import draw_masked_tokens, lookup_counts
 from ._module import ExceiverModule
 from ._normalize import ExpressionNormalizer
+from ._predictor import ExceiverPredictorModule
 from ._select import keep_top_genes
 
 __all__ = [
@@ -12,8 +14,10 @@ __all__ = [
     "CrossAttentionBlock",
     "Exceiver",
     "ExceiverModule",
+    "ExceiverPredictorModule",
     "ExpressionNormalizer",
     "draw_masked_tokens",
+    "freeze_reference",
     "keep_top_genes",
     "lookup_counts",
 ]

@@ -1,6 +1,7 @@
-"""Training plan and checkpointing for Exceiver."""
+"""Training plans and checkpointing for Exceiver."""
 
 from ._checkpoint import PeriodicCheckpoint
 from ._plan import ExceiverTrainingPlan
+from ._predictor_plan import ExceiverPredictorTrainingPlan
 
-__all__ = ["ExceiverTrainingPlan", "PeriodicCheckpoint"]
+__all__ = ["ExceiverPredictorTrainingPlan", "ExceiverTrainingPlan", "PeriodicCheckpoint"]
