@@ -105,7 +105,8 @@ def load_pbmc_2tech(n_cells_3k: int | None, seed: int) -> ad.AnnData:
         pbmc3k = pbmc3k[np.sort(rng.choice(pbmc3k.n_obs, n_cells_3k, replace=False))].copy()
     reduced = sc.datasets.pbmc68k_reduced()
     raw = reduced.raw.to_adata()
-    counts = np.rint(np.expm1(raw.X) * reduced.obs["n_counts"].to_numpy()[:, None] / 1e4)
+    log_values = raw.X.toarray() if sparse.issparse(raw.X) else np.asarray(raw.X)
+    counts = np.rint(np.expm1(log_values) * reduced.obs["n_counts"].to_numpy()[:, None] / 1e4)
     pbmc68k = ad.AnnData(
         X=sparse.csr_matrix(counts.astype(np.float32)),
         obs=pd.DataFrame(
@@ -164,7 +165,8 @@ def prepare(adata: ad.AnnData) -> ad.AnnData:
 
 
 def _epochs_run(model) -> int:
-    return len(model.history["train_loss_epoch"])
+    key = "train_loss_epoch" if "train_loss_epoch" in model.history else "train_loss"
+    return len(model.history[key])
 
 
 def train_scvi(adata: ad.AnnData, seed: int, max_time: timedelta) -> tuple[np.ndarray, dict]:

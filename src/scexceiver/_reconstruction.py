@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
 
-from ._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
+from ._constants import COUNTS, GENE_IDX, TOKEN_MASK
 from ._interpretation import gene_positions
 
 
@@ -62,8 +64,8 @@ def reconstruction_quality(
     if indices is None and adata is None:
         indices = model.validation_indices
     query = torch.as_tensor(positions, dtype=torch.long)
-    train_mean = _processed(model, model.train_indices, query, batch_size)[0].mean(0)
-    observed, counts = _processed(model, indices, query, batch_size, adata)
+    train_mean = _processed(model, None, model.train_indices, positions)[0].mean(0)
+    observed, counts = _processed(model, adata, indices, positions)
     _, loader = model._inference_loader(adata, indices, batch_size)
     predicted = []
     for tensors in loader:
@@ -83,28 +85,24 @@ def reconstruction_quality(
 
 
 def _processed(
-    model, indices, query: torch.Tensor, batch_size, adata: AnnData | None = None
+    model, adata: AnnData | None, indices, positions: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Processed values and raw counts (cells, m) of genes ``query``."""
-    _, loader = model._inference_loader(adata, indices, batch_size)
+    """Processed values and raw counts (cells, genes) of vocabulary ``positions``."""
+    adata = model._validate_anndata(adata)
+    x = model.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+    rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+    order = np.argsort(rows, kind="stable")  # backed matrices read sorted rows only
+    x = sparse.csr_matrix(x[rows[order]])[np.argsort(order)]
+    counts = torch.as_tensor(x[:, positions].toarray(), dtype=torch.float32)
+    library = torch.as_tensor(np.asarray(x.sum(1)).ravel(), dtype=torch.float32)
     normalizer = model.module.normalizer
     device = normalizer.mean.device
-    column = torch.full((model.module.n_genes + 1,), len(query), dtype=torch.long)
-    column[query] = torch.arange(len(query))
-    values, counts = [], []
-    for tensors in loader:
-        token_counts = tensors[COUNTS]
-        query_counts = token_counts.new_zeros(token_counts.shape[0], len(query) + 1)
-        query_counts.scatter_add_(1, column[tensors[GENE_IDX]], token_counts)
-        query_counts = query_counts[:, :-1]
-        processed = normalizer(
-            query_counts.to(device),
-            tensors[LIBRARY_SIZE].to(device),
-            query.to(device).expand(query_counts.shape[0], -1),
-        )
-        values.append(processed.float().cpu())
-        counts.append(query_counts)
-    return torch.cat(values).numpy(), torch.cat(counts).numpy()
+    values = normalizer(
+        counts.to(device),
+        library.to(device),
+        torch.as_tensor(positions, device=device).expand(counts.shape[0], -1),
+    )
+    return values.float().cpu().numpy(), counts.numpy()
 
 
 def _hide(tensors: dict, query: torch.Tensor) -> dict:
