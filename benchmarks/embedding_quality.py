@@ -236,6 +236,28 @@ def umap_panel(datasets: dict[str, ad.AnnData], keys: list[str], path: Path) -> 
     plt.close(fig)
 
 
+def report(rows: list[dict], setup: dict, out: Path) -> None:
+    """Print the table (mean ± sd over seeds) and write the JSON."""
+    table = pd.DataFrame(rows)
+    columns = ["bio_conservation", "batch_correction", "total", "knn_macro_f1"]
+    columns = [c for c in columns if c in table]
+    summary = table.groupby(["dataset", "method"], sort=False)[[*columns, "epochs", "seconds"]]
+    mean, std = summary.mean(), summary.std()
+    print(
+        f"\n{'dataset':<12}{'method':<34}"
+        + "".join(f"{c[:12]:>14}" for c in columns)
+        + f"{'epochs':>8}{'sec':>8}"
+    )
+    for (dataset, method), values in mean.iterrows():
+        spread = std.loc[(dataset, method)]
+        cells = "".join(
+            f"{values[c]:>8.3f}" + (f"±{spread[c]:.3f}" if np.isfinite(spread[c]) else " " * 6)
+            for c in columns
+        )
+        print(f"{dataset:<12}{method:<34}{cells}{values['epochs']:>8.0f}{values['seconds']:>8.0f}")
+    out.write_text(json.dumps({"setup": setup, "results": rows}, indent=1, default=float))
+
+
 def parse_variants(values: list[str]) -> dict[str, dict]:
     variants = {}
     for value in values:
@@ -277,6 +299,8 @@ def main() -> None:
         "wu": load_wu,
     }
     rows, prepared = [], {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         adata = prepare(loaders[name]())
         labels = adata.obs["cell_type"].to_numpy()
@@ -318,39 +342,20 @@ def main() -> None:
                 )
             rows.append(row)
         prepared[name] = adata
+        setup = {
+            "datasets": {n: [int(a.n_obs), int(a.n_vars)] for n, a in prepared.items()},
+            "seeds": args.seeds,
+            "wall_time_cap_minutes": args.minutes,
+            "exceiver_epoch_cap": args.epochs,
+            "kang_cells_per_condition": args.kang_cells,
+            "pbmc3k_cells": args.pbmc3k_cells,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "labels": "kang and pbmc3k: derived by markers (scripts/make_pbmc3k.py); "
+            "pbmc68k_reduced: bulk_labels harmonised; wu: cluster_orig",
+        }
+        report(rows, setup, out)  # after every dataset, so a cut-short run keeps results
 
-    table = pd.DataFrame(rows)
-    columns = ["bio_conservation", "batch_correction", "total", "knn_macro_f1"]
-    columns = [c for c in columns if c in table]
-    summary = table.groupby(["dataset", "method"], sort=False)[[*columns, "epochs", "seconds"]]
-    mean, std = summary.mean(), summary.std()
-    print(
-        f"\n{'dataset':<12}{'method':<34}"
-        + "".join(f"{c[:12]:>14}" for c in columns)
-        + f"{'epochs':>8}{'sec':>8}"
-    )
-    for (dataset, method), values in mean.iterrows():
-        spread = std.loc[(dataset, method)]
-        cells = "".join(
-            f"{values[c]:>8.3f}" + (f"±{spread[c]:.3f}" if np.isfinite(spread[c]) else " " * 6)
-            for c in columns
-        )
-        print(f"{dataset:<12}{method:<34}{cells}{values['epochs']:>8.0f}{values['seconds']:>8.0f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    setup = {
-        "datasets": {n: [int(a.n_obs), int(a.n_vars)] for n, a in prepared.items()},
-        "seeds": args.seeds,
-        "wall_time_cap_minutes": args.minutes,
-        "exceiver_epoch_cap": args.epochs,
-        "kang_cells_per_condition": args.kang_cells,
-        "pbmc3k_cells": args.pbmc3k_cells,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "labels": "kang and pbmc3k: derived by markers (scripts/make_pbmc3k.py); "
-        "pbmc68k_reduced: bulk_labels harmonised; wu: cluster_orig",
-    }
-    out.write_text(json.dumps({"setup": setup, "results": rows}, indent=1, default=float))
     shown = ["scVI", *methods] + ([] if args.no_paper else ["Exceiver paper"])
     umap_keys = ["PCA"] + [f"{m} s{args.seeds[0]}" for m in shown]
     umap_panel(prepared, umap_keys, out.with_suffix(".png"))

@@ -186,6 +186,7 @@ def main() -> None:
         "k": args.k,
         "chance_knn_agreement": float(chance),
         "go_source": "Debian r-bioc-org.hs.eg.db, table go_bp (direct), evidence != ND",
+        "model": args.model or f"trained here, {args.epochs} epochs per seed",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"setup": setup, "results": rows}, indent=1))
