@@ -7,6 +7,19 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
+from ._interpretation import gene_neighbors, gene_similarity, get_attention, rank_attention
+from ._reconstruction import reconstruction_quality
+
+__all__ = [
+    "batch_mixing",
+    "gene_neighbors",
+    "gene_similarity",
+    "get_attention",
+    "knn_label_accuracy",
+    "rank_attention",
+    "reconstruction_quality",
+]
+
 
 def knn_label_accuracy(
     embedding: np.ndarray,

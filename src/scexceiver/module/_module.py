@@ -329,6 +329,45 @@ class ExceiverModule(BaseModuleClass):
         return latents.flatten(1) if self.readout == "flatten" else latents.mean(1)
 
     @torch.inference_mode()
+    def encoder_attention(self, tensors: dict) -> dict[str, torch.Tensor]:
+        """Encoder cross-attention of unmasked cells, averaged over heads and latents.
+
+        The weights every latent puts on each of the cell's expressed genes, averaged
+        over heads and latents; tokens that are not genes of the cell (the null token,
+        an encoder batch token, and in dense mode the zero-count genes) are dropped and
+        each cell's weights renormalised to sum to 1 over its expressed genes. Used for
+        interpretation only: the weights are materialised, the training path is untouched.
+
+        Parameters
+        ----------
+        tensors
+            A tokenised minibatch (see :func:`~scexceiver.data.collate_tokens`).
+
+        Returns
+        -------
+        dict
+            ``gene_idx`` (b, n) gene of each weight, ``weights`` (b, n) importance (0 off
+            the expressed genes), ``expressed`` (b, n) bool mask of the cell's expressed
+            genes.
+        """
+        inputs = self._get_inference_input(tensors)
+        outputs = self.inference(**inputs, masking=False, return_weights=True)
+        gene_idx = outputs["gene_idx"]
+        weights = outputs["weights"].float().mean(dim=(1, 2))
+        weights = weights[:, weights.shape[1] - gene_idx.shape[1] :]
+        if self.token_mode == "dense":
+            tokens = inputs["gene_idx"].to(gene_idx.device)
+            present = inputs["token_mask"].to(gene_idx.device)
+            expressed = torch.zeros(
+                gene_idx.shape[0], self.n_genes + 1, dtype=torch.bool, device=gene_idx.device
+            ).scatter_(1, tokens, present)[:, : self.n_genes]
+        else:
+            expressed = outputs["attn_mask"]
+        weights = weights * expressed
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
+        return {"gene_idx": gene_idx, "weights": weights, "expressed": expressed}
+
+    @torch.inference_mode()
     def sample(self, tensors: dict, query_idx: torch.Tensor) -> torch.Tensor:
         """Predict processed values of genes ``query_idx`` (m,) for every cell, unmasked.
 
