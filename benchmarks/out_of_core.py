@@ -25,6 +25,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import psutil
 from scipy import sparse
 
 import scexceiver
@@ -68,6 +69,7 @@ def train_child(folder: str, steps: int, batch_size: int, seed: int) -> dict:
     t0 = time.perf_counter()
     corpus = scexceiver.data.open_h5ad_corpus(folder, Path(folder) / "corpus" / "all.h5ad")
     t_concat = time.perf_counter() - t0
+    peak_after_concat = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     scexceiver.ExceiverModel.setup_anndata(corpus)
     model = scexceiver.ExceiverModel(corpus)
 
@@ -113,6 +115,8 @@ def train_child(folder: str, steps: int, batch_size: int, seed: int) -> dict:
         "cells_per_s": round(timed_batches * batch_size / (clock.end - clock.warm), 1),
         "read_cells_per_s": round(read_cells_per_s, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "peak_rss_after_concat_gb": round(peak_after_concat, 3),
+        "rss_end_gb": round(psutil.Process().memory_info().rss / 2**30, 3),
         "final_train_loss": float(model.history["train_loss"].to_numpy().ravel()[-1]),
     }
 
