@@ -14,6 +14,7 @@ def _network(n_genes, preset, **overrides):
         "n_random_queries",
         "query_sampling",
         "readout",
+        "max_genes",
     }
     config = {k: v for k, v in {**preset, **overrides}.items() if k not in module_only}
     return Exceiver(n_genes, **config)
