@@ -11,7 +11,7 @@ import torch
 from scipy import sparse
 
 from scexceiver import ExceiverModel
-from scexceiver.data import check_counts, check_gene_panel
+from scexceiver.data import check_counts
 
 TINY = {"n_latents": 4, "dim": 8, "n_layers": 1, "ff_dim": 16, "head_hidden": 8, "heads": 2}
 
@@ -189,19 +189,18 @@ def test_views_are_refused_at_setup_and_left_untouched_by_inference(fitted, smal
     )
 
 
-def test_gene_panel_must_match_the_model(fitted):
+def test_gene_panel_is_aligned_by_key_or_refused_with_the_fix(fitted):
     model, adata = fitted
+    reference = model.get_latent_representation(adata[:20].copy())
     renamed = adata[:20].copy()
     renamed.var_names = renamed.var["gene_ids"].astype(str)
-    with pytest.raises(ValueError, match=r"Only 0 of the model's 500 genes \(0.0%\).*Ensembl"):
+    with pytest.raises(ValueError, match=r"0 shared genes.*gene_key='gene_symbols'"):
         model.get_latent_representation(renamed)
     reordered = adata[:20, ::-1].copy()
-    with pytest.raises(ValueError, match=r"500 of the model's 500 genes \(100.0%\).*order"):
-        model.get_latent_representation(reordered)
-    fewer = adata[:20, :400].copy()
-    with pytest.raises(ValueError, match="400 of the model's 500 genes"):
-        model.get_latent_representation(fewer)
-    check_gene_panel(model.gene_vocabulary_, adata.var_names)
+    np.testing.assert_allclose(
+        model.get_latent_representation(reordered), reference, rtol=1e-5, atol=1e-6
+    )
+    assert model.align_genes(adata[:20, :400].copy()).n_shared == 400
 
 
 def test_counts_modified_after_setup_are_caught_before_training(small):

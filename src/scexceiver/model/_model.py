@@ -345,7 +345,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _var(self, adata) -> pd.DataFrame:
         """``var`` of ``adata``, or of its RNA modality for a MuData."""
-        setup_args = self.adata_manager.registry["setup_args"]
+        setup_args = self.registry_["setup_args"]
         modality = (setup_args.get("modalities") or {}).get("rna_layer")
         return adata.mod[modality].var if modality is not None else adata.var
 

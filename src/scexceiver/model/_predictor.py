@@ -212,7 +212,7 @@ class ExceiverPredictor(ExceiverModel):
                 pd.api.types.is_bool_dtype(column)
             )
             task = "regression" if numeric else "classification"
-        setup = model.adata_manager.registry["setup_args"]
+        setup = model.registry_["setup_args"]
         cls.setup_anndata(
             adata,
             labels_key=labels_key,
@@ -264,7 +264,7 @@ class ExceiverPredictor(ExceiverModel):
 
     def _validate_anndata(self, adata: AnnData | None = None, copy_if_view: bool = True):
         if adata is not None and self.adata_manager is not None:
-            setup = self.adata_manager.registry["setup_args"]
+            setup = self.registry_["setup_args"]
             if setup["labels_key"] not in adata.obs:
                 # data to predict need no target: mark every cell unlabelled (as scANVI)
                 unlabelled = np.nan if self.task == "regression" else setup["unlabeled_category"]

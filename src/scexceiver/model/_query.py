@@ -46,7 +46,7 @@ def load_query_data(
     """
     if not reference_model.module.is_fitted:
         raise ValueError("reference_model is untrained: train it (or load a trained one).")
-    reference_setup = reference_model.adata_manager.registry["setup_args"]
+    reference_setup = reference_model.registry_["setup_args"]
     if _registered_manager(cls, adata) is None:
         cls.setup_anndata(
             adata,
