@@ -74,7 +74,7 @@ def test_pretrain_on_two_files_then_embed_writes_obsm_and_varm(
     assert main(["embed", str(pretrained), str(data), "--out", str(out), "--layer", "c"]) == 2
     assert "no layer 'c'" in capsys.readouterr().err
     assert main(["embed", str(pretrained), str(data), "--out", str(out)]) == 0
-    assert "2,900 of 3,000 genes shared" in capsys.readouterr().out
+    assert "2,900 shared genes: 96.7% of the data" in capsys.readouterr().out
 
     result = ad.read_h5ad(out)
     assert result.obs_names.equals(adata.obs_names)

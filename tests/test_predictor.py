@@ -26,8 +26,8 @@ def fine_tuned(trained, split):
     model, _ = trained
     train, _, _ = split
     scvi.settings.seed = 0
-    predictor = ExceiverPredictor.from_pretrained(model, train, labels_key="label")
-    predictor.train(max_epochs=4, warmup_steps=10, batch_size=64, early_stopping=False)
+    predictor = ExceiverPredictor.from_pretrained(model, train, labels_key="label", ce_weight=5.0)
+    predictor.train(max_epochs=12, lr=1e-3, warmup_steps=10, batch_size=64, early_stopping=False)
     return predictor
 
 
@@ -37,7 +37,8 @@ def test_fine_tuned_predictor_beats_the_majority_class(fine_tuned, split):
     accuracy = float(np.mean(predicted == truth))
     majority = pd.Series(truth).value_counts(normalize=True).iloc[0]
     print(f"held-out accuracy {accuracy:.3f}, majority {majority:.3f}")
-    assert accuracy > majority + 0.12
+    # measured 0.773 vs a majority rate of 0.423 (ce_weight 1 for 8-12 epochs: 0.48-0.60)
+    assert accuracy > majority + 0.25
     soft = fine_tuned.predict(held_out, soft=True)
     assert list(soft.columns) == list(fine_tuned.classes) and "unknown" not in soft.columns
     np.testing.assert_allclose(soft.sum(1), 1.0, rtol=1e-5)

@@ -83,7 +83,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ._embed import embed, model_setup
+    from ._embed import embed, load_model
     from ._h5ad import check_h5ad_path, read_h5ad
     from ._write import store
 
@@ -94,7 +94,8 @@ def _embed(args: argparse.Namespace) -> int:
         raise InputError("--out is the input file; embed never overwrites its input.")
     if out.exists() and not args.overwrite:
         raise InputError(f"--out {str(out)!r} exists; pass --overwrite to replace it.")
-    setup_args = model_setup(args.model_dir)["setup_args"]
+    model = load_model(args.model_dir)
+    setup_args = model.registry_["setup_args"]
     layer = setup_args.get("layer") if args.layer is None else args.layer
     gene_key = setup_args.get("gene_key") if args.gene_key is None else args.gene_key
     adata = read_h5ad(data_path)
@@ -103,16 +104,13 @@ def _embed(args: argparse.Namespace) -> int:
             raise InputError(
                 f"the data already has {attr}[{key!r}]; pass --overwrite or another --{attr}-key."
             )
-    result = embed(
-        args.model_dir, adata, layer=layer, gene_key=gene_key, batch_size=args.batch_size
-    )
+    result = embed(model, adata, layer=layer, gene_key=gene_key, batch_size=args.batch_size)
     store(adata, "obsm", args.obsm_key, result.cells, overwrite=args.overwrite)
     store(adata, "varm", args.varm_key, result.genes, overwrite=args.overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     adata.write_h5ad(out, compression="gzip")
     print(
-        f"{result.n_shared_genes:,} of {adata.n_vars:,} genes shared with the model "
-        f"({100 * result.shared_count_fraction:.1f}% of the counts); wrote "
+        f"{result.overlap}; wrote "
         f"obsm[{args.obsm_key!r}] {result.cells.shape} and varm[{args.varm_key!r}] "
         f"{result.genes.shape} to {out}"
     )

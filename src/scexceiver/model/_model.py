@@ -86,6 +86,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     #: the model (see :meth:`align_genes`); set it on an instance to change it.
     min_gene_overlap: float = 0.5
 
+    # setup arguments naming obs columns that must be complete (no missing values)
+    _checked_obs_keys: tuple[str, ...] = ("batch_key", "labels_key")
+
     def __init__(
         self,
         adata: AnnData | None = None,
@@ -276,7 +279,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             allow_non_integer=setup_args.get("allow_non_integer", False),
             warn_empty=warn_empty,
         )
-        for name in ("batch_key", "labels_key"):
+        for name in self._checked_obs_keys:
             check_obs_key(_obs_table(adata, modalities.get(name)), name, setup_args.get(name))
 
     def save(

@@ -63,6 +63,8 @@ class ExceiverPredictor(ExceiverModel):
 
     _module_cls = ExceiverPredictorModule
     _training_plan_cls = ExceiverPredictorTrainingPlan
+    # the target may be missing (unlabelled cells); setup_anndata checks it
+    _checked_obs_keys = ("batch_key",)
 
     def __init__(
         self,
