@@ -389,6 +389,33 @@ def section_scvi(adata, device, args, store: dict) -> list[dict]:
     return rows
 
 
+def section_compile(adata, device, args) -> list[dict]:
+    """Training step time of the network eager vs ``torch.compile(dynamic=True)``."""
+    rng = np.random.default_rng(0)
+    stats = gene_statistics(adata.X)
+    cells = [rng.choice(adata.n_obs, 64, replace=False) for _ in range(4)]
+    batches = [to_device(tokenize_counts(adata.X[np.sort(c)]), device) for c in cells]
+    rows = []
+    for name in ("eager", "torch.compile"):
+        module = make_module(adata.n_vars, stats, "default", device)
+        started = time.perf_counter()
+        if name == "torch.compile":
+            module.network = torch.compile(module.network, dynamic=True)
+        step_s, _ = time_train_steps(
+            module, batches, device, args.precision, len(batches), 2 * args.repeats
+        )
+        rows.append(
+            {
+                "mode": name,
+                "step_s": round(step_s, 4),
+                "warmup_and_timing_s": round(time.perf_counter() - started, 1),
+            }
+        )
+    rows[1]["speedup"] = round(rows[0]["step_s"] / rows[1]["step_s"], 2)
+    print_table("torch.compile (default model, batch 64, PBMC 3k)", rows, list(rows[1]))
+    return rows
+
+
 def section_embed(adata, device, args, store: dict) -> list[dict]:
     """Embedding cells/s of a trained default model by batch size."""
     model = store.get("trained")
@@ -609,7 +636,16 @@ def main() -> None:
     args.epochs = 2 if args.quick else 3
     args.panel_batch = 32
     args.cell_steps = 10 if args.quick else 20
-    sections = args.sections or ["kernels", "panel", "loader", "scvi", "embed", "genes", "cells"]
+    sections = args.sections or [
+        "kernels",
+        "panel",
+        "loader",
+        "scvi",
+        "embed",
+        "genes",
+        "cells",
+        "compile",
+    ]
     adata = scexceiver.datasets.pbmc3k()
     name = device_name(device)
     print(f"# scexceiver speed benchmarks on {name}, precision {args.precision}")

@@ -159,3 +159,17 @@ def test_clear_errors_before_training(pbmc_small):
     model = ExceiverModel(adata)
     with pytest.raises(RuntimeError, match="train"):
         model.get_latent_representation()
+
+
+def test_compiled_training_keeps_the_weights_layout_and_the_math(pbmc_small, tmp_path):
+    adata = pbmc_small[:200, :500].copy()
+    ExceiverModel.setup_anndata(adata)
+    scvi.settings.seed = 0
+    model = ExceiverModel(adata, n_latents=4, dim=8, n_layers=1, ff_dim=16, heads=2)
+    model.train(max_steps=3, batch_size=64, compile=True, early_stopping=False)
+    assert model.module.network._compiled_call_impl is not None
+    compiled = model.get_latent_representation()
+    assert np.isfinite(compiled).all()
+    model.save(tmp_path / "m")
+    eager = ExceiverModel.load(tmp_path / "m", adata=adata)  # loads uncompiled
+    np.testing.assert_allclose(eager.get_latent_representation(), compiled, atol=1e-5)
