@@ -11,6 +11,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy import sparse
 
+from .data import gene_keys as var_gene_keys
+
 #: ``obs`` column naming the file each cell came from (usable as ``--batch-key``).
 SOURCE_FILE_KEY = "source_file"
 
@@ -51,17 +53,13 @@ def counts_matrix(adata: AnnData, layer: str | None, *, name: str) -> sparse.csr
 
 def gene_keys(adata: AnnData, gene_key: str | None, *, name: str) -> pd.Index:
     """Unique gene keys of ``adata``: ``var_names`` or the ``gene_key`` column of ``var``."""
-    if gene_key is None:
-        keys = adata.var_names
-    elif gene_key not in adata.var.columns:
+    try:
+        keys = var_gene_keys(adata.var, gene_key)
+    except ValueError as err:
         raise InputError(
-            f"{name} has no var column {gene_key!r} (columns: {list(adata.var.columns)}); "
-            "pass --gene-key with a column of gene IDs, or leave it out to use var_names."
-        )
-    else:
-        if adata.var[gene_key].isna().any():
-            raise InputError(f"var[{gene_key!r}] of {name} has missing values.")
-        keys = adata.var[gene_key]
+            f"{name}: {err} On the command line, pass --gene-key with a var column of gene "
+            "IDs, or leave it out to use var_names."
+        ) from err
     keys = pd.Index(keys.astype(str))
     if keys.has_duplicates:
         duplicated = list(keys[keys.duplicated()][:5])
