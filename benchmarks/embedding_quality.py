@@ -55,7 +55,6 @@ import pandas as pd
 import scanpy as sc
 import scvi
 import torch
-from scipy import sparse
 
 import scexceiver
 
@@ -103,17 +102,14 @@ def load_pbmc_2tech(n_cells_3k: int | None, seed: int) -> ad.AnnData:
     if n_cells_3k is not None and n_cells_3k < pbmc3k.n_obs:
         rng = np.random.default_rng(seed)
         pbmc3k = pbmc3k[np.sort(rng.choice(pbmc3k.n_obs, n_cells_3k, replace=False))].copy()
-    reduced = sc.datasets.pbmc68k_reduced()
-    raw = reduced.raw.to_adata()
-    log_values = raw.X.toarray() if sparse.issparse(raw.X) else np.asarray(raw.X)
-    counts = np.rint(np.expm1(log_values) * reduced.obs["n_counts"].to_numpy()[:, None] / 1e4)
+    reduced = scexceiver.datasets.pbmc68k_reduced()
     pbmc68k = ad.AnnData(
-        X=sparse.csr_matrix(counts.astype(np.float32)),
+        X=reduced.X,
         obs=pd.DataFrame(
             {"cell_type": reduced.obs["bulk_labels"].map(HARMONISED_68K).astype(str)},
             index=reduced.obs_names,
         ),
-        var=pd.DataFrame(index=raw.var_names),
+        var=pd.DataFrame(index=reduced.var_names),
     )
     pbmc3k = ad.AnnData(
         X=pbmc3k.X,

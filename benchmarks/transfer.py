@@ -12,10 +12,11 @@ seeds:
 (c) logistic regression on log-normalised, scaled HVGs of the labelled cells.
 
 Reports macro-F1 and accuracy (mean and sd over seeds), prints a table and writes JSON.
-CPU budget: ``--quick`` subsamples both datasets and trains few epochs (see the JSON's
-``config``); its numbers are a smoke-level comparison, not the final word.
+Sizes (``--size``, recorded in the JSON's ``config``): ``quick`` subsamples both datasets
+and trains few epochs (a smoke test, minutes); ``cpu`` pretrains on 6,000 Kang cells and
+fine-tunes on all of PBMC 3k (about an hour on one CPU thread); ``full`` is GPU-sized.
 
-Usage: python benchmarks/transfer.py --quick --out benchmarks/results/transfer_quick.json
+Usage: python benchmarks/transfer.py --size cpu --threads 1
 """
 
 import argparse
@@ -47,6 +48,12 @@ SIZES = {
         "pbmc_cells": 900,
         "finetune_epochs": 12,
     },
+    "cpu": {
+        "kang_cells": 3000,
+        "pretrain_epochs": 15,
+        "pbmc_cells": 2700,
+        "finetune_epochs": 10,
+    },
     "full": {
         "kang_cells": 7000,
         "pretrain_epochs": 30,
@@ -62,7 +69,12 @@ def pretrain(cells: int, epochs: int, seed: int) -> tuple[ExceiverModel, dict]:
     ExceiverModel.setup_anndata(kang)
     model = ExceiverModel(kang)
     start = time.perf_counter()
-    model.train(max_epochs=epochs, check_val_every_n_epoch=1, early_stopping=False)
+    model.train(
+        max_epochs=epochs,
+        check_val_every_n_epoch=1,
+        early_stopping=False,
+        enable_progress_bar=False,
+    )
     error = model.get_reconstruction_error(indices=model.validation_indices)
     return model, {"seconds": time.perf_counter() - start, "n_cells": kang.n_obs, **error}
 
@@ -91,20 +103,23 @@ def predictor(model, train, test, labelled, init, epochs, seed) -> np.ndarray:
     fitted = ExceiverPredictor.from_pretrained(
         model, data, labels_key="label", init=init, ce_weight=5.0
     )
-    fitted.train(max_epochs=epochs, warmup_steps=20, early_stopping=False)
+    fitted.train(
+        max_epochs=epochs, warmup_steps=20, early_stopping=False, enable_progress_bar=False
+    )
     return fitted.predict(test.copy())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="CPU-sized run")
+    parser.add_argument("--size", choices=list(SIZES), default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3, 1.0])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    size = SIZES["quick" if args.quick else "full"]
-    out = Path(args.out or f"benchmarks/results/transfer{'_quick' if args.quick else ''}.json")
-    torch.set_num_threads(2)
+    size = SIZES[args.size]
+    out = Path(args.out or f"benchmarks/results/transfer_{args.size}.json")
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, pretraining = pretrain(size["kang_cells"], size["pretrain_epochs"], seed=0)
     pbmc = scexceiver.datasets.pbmc3k()
@@ -167,7 +182,12 @@ def main() -> None:
     out.write_text(
         json.dumps(
             {
-                "config": {**size, "seeds": args.seeds, "fractions": args.fractions},
+                "config": {
+                    **size,
+                    "size": args.size,
+                    "seeds": args.seeds,
+                    "fractions": args.fractions,
+                },
                 "device": "cuda" if torch.cuda.is_available() else "cpu",
                 "pretraining": pretraining,
                 "gene_overlap": {

@@ -1,9 +1,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 
-from scexceiver.datasets import pbmc3k
+from scexceiver.datasets import pbmc3k, pbmc68k_reduced
 
 EXPECTED_TYPES = {
     "CD4 T",
@@ -93,3 +94,20 @@ def test_marker_sanity(adata):
         assert b_mean > 5 * ms4a1[ct == other].mean(), other
     ppbp = _gene_counts(adata, "PPBP")
     assert ppbp[ct == "Megakaryocyte"].mean() > 10 * ppbp[ct != "Megakaryocyte"].mean()
+
+
+def test_pbmc68k_reduced_counts_reproduce_scanpys_normalised_values():
+    adata = pbmc68k_reduced()
+    reduced = sc.datasets.pbmc68k_reduced()
+    assert adata.shape == (700, 765)
+    assert adata.X.format == "csr" and adata.X.dtype == np.float32
+    np.testing.assert_array_equal(adata.X.data, np.round(adata.X.data))
+    assert adata.X.data.min() >= 1
+    assert (adata.var_names == reduced.raw.var_names).all()
+    # the shipped values are log1p(counts / n_counts * 1e4) over the full original panel
+    renormalised = np.log1p(adata.X.toarray() / adata.obs["n_counts"].to_numpy()[:, None] * 1e4)
+    np.testing.assert_allclose(renormalised, reduced.raw.X.toarray(), atol=1e-3)
+    totals = np.asarray(adata.X.sum(1)).ravel()
+    assert (totals < adata.obs["n_counts"].to_numpy()).all()
+    labels = adata.obs["bulk_labels"].value_counts()
+    assert len(labels) == 10 and labels["CD19+ B"] == 95
