@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--go-sqlite", required=True, help="path to org.Hs.eg.sqlite")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--model", help="a saved ExceiverModel trained on PBMC 3k")
+    parser.add_argument("--model", help="a saved ExceiverModel (genes matched by symbol)")
     parser.add_argument("--min-cells", type=int, default=30)
     parser.add_argument("--min-term", type=int, default=5)
     parser.add_argument("--max-term", type=int, default=100)
@@ -126,6 +126,12 @@ def main() -> None:
     adata = scexceiver.datasets.pbmc3k()
     detected = np.asarray((adata.X > 0).sum(0)).ravel()
     genes = np.flatnonzero(detected >= args.min_cells)
+    loaded = None
+    if args.model:
+        loaded = scexceiver.ExceiverModel.load(args.model, adata=adata)
+        # a model pretrained on other panels may lack some PBMC 3k genes (NaN rows)
+        known = np.isfinite(loaded.get_gene_embeddings()).all(1)
+        genes = genes[known[genes]]
     ensembl = pd.Index(adata.var["gene_ids"].astype(str)).take(genes)
     annotation = annotation_matrix(
         ensembl, go_terms(args.go_sqlite, ensembl), args.min_term, args.max_term
@@ -145,9 +151,8 @@ def main() -> None:
     rows[0].update(evaluate(np.corrcoef(expression.T), shared, annotated, args.k, rng))
 
     embeddings = []
-    if args.model:
-        model = scexceiver.ExceiverModel.load(args.model, adata=adata)
-        embeddings.append(("Exceiver (loaded)", model.get_gene_embeddings()[genes], None))
+    if loaded is not None:
+        embeddings.append(("Exceiver (loaded)", loaded.get_gene_embeddings()[genes], None))
     else:
         for seed in args.seeds:
             scvi.settings.seed = seed
