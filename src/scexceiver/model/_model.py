@@ -480,6 +480,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         checkpoint_every_n_epochs: int = 1,
         resume_from: str | None = None,
         length_bucketing: bool = False,
+        chunked: bool | None = None,
         compile: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
@@ -528,6 +529,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         length_bucketing
             Batch training cells with similar numbers of expressed genes together, so
             less of each batch is padding (:class:`~scexceiver.data.LengthGroupedSampler`).
+        chunked
+            Shuffle training cells in chunks: the order of contiguous blocks of rows is
+            shuffled and cells are shuffled within a window of a few blocks
+            (:class:`~scexceiver.data.ChunkShuffleSampler`), so each minibatch is read as
+            a few contiguous slices instead of one random read per cell; every training
+            cell still comes once per epoch, seeded by ``seed``, and under DDP each rank
+            reads its own shard. ``None``: on for a backed AnnData (unless
+            ``length_bucketing``), off in memory. Tune it with ``datasplitter_kwargs=
+            {"chunk_size": 256, "window_chunks": 8}`` (rows per block, blocks shuffled
+            together; about ``2 x window_chunks x chunk_size`` rows are held in memory).
         compile
             Compile the network with :func:`torch.compile` (dynamic shapes) before
             training; it stays compiled for inference. The first steps are slower while
@@ -544,6 +555,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             every epoch; see the scaling guide).
         """
         self._validate_anndata()
+        if chunked is None:
+            chunked = bool(self.adata.isbacked) and not length_bucketing
+        if chunked and length_bucketing:
+            raise ValueError(
+                "length_bucketing=True cannot be combined with chunked=True; pass one of them."
+            )
+        distributed = use_distributed_sampler(trainer_kwargs.get("strategy"))
+        if chunked and distributed:
+            # the chunk sampler shards the ranks; Lightning must not replace it
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
         if compile:
             self.module.network.compile(dynamic=True)
         if seed is not None:
@@ -564,6 +585,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = {
             "pin_memory": _uses_gpu(accelerator),
             "length_bucketing": length_bucketing,
+            "chunked": chunked,
             **(datasplitter_kwargs or {}),
         }
         datamodule = self._data_splitter_cls(
@@ -571,7 +593,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
-            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            distributed_sampler=distributed,
             **self._loader_kwargs(self.adata),
             **datasplitter_kwargs,
         )
