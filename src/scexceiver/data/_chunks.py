@@ -14,8 +14,8 @@ class ChunkShuffleSampler(Sampler[int]):
 
     The rows of the matrix are cut into blocks of ``chunk_size`` consecutive rows. Each
     epoch the order of the blocks is shuffled, the cells of the shuffled blocks are laid
-    end to end, and the cells within each window of ``window_chunks x chunk_size``
-    consecutive cells of that sequence are shuffled. Batching the yielded positions in
+    end to end, and the cells within each window of ``window_chunks`` consecutive blocks
+    of that sequence are shuffled. Batching the yielded positions in
     runs of ``batch_size`` (as a :class:`~torch.utils.data.BatchSampler` does) gives
     minibatches whose cells come from about ``window_chunks`` blocks, so a reader that
     keeps the blocks of the current window (:class:`~scexceiver.data.ChunkedReadDataset`)
@@ -93,5 +93,10 @@ class ChunkShuffleSampler(Sampler[int]):
         shard = len(self)
         padded = sequence.repeat(-(-shard * self.num_replicas // max(len(sequence), 1)))
         mine = padded[self.rank * shard : (self.rank + 1) * shard]
-        for window in mine.split(self.window_chunks * self.chunk_size):
-            yield from window[torch.randperm(len(window), generator=generator)].tolist()
+        block = self.rows[mine] // self.chunk_size
+        starts = torch.ones(len(mine), dtype=torch.bool)
+        starts[1:] = block[1:] != block[:-1]
+        window = (starts.cumsum(0) - 1) // self.window_chunks
+        _, window_sizes = torch.unique_consecutive(window, return_counts=True)
+        for cells in mine.split(window_sizes.tolist()):
+            yield from cells[torch.randperm(len(cells), generator=generator)].tolist()

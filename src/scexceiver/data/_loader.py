@@ -30,6 +30,10 @@ class ExceiverDataLoader(AnnDataLoader):
         the data's gene panel is not the model's; ``None`` when it is.
     n_genes
         Size of the model's vocabulary (needed with ``gene_lookup``).
+    measured_genes
+        (gene panels, vocabulary) boolean table of the genes each registered gene panel
+        measured; minibatches then carry each cell's row (see
+        :func:`~scexceiver.data.collate_tokens`). ``None``: every gene measured.
     length_bucketing
         When shuffling, batch cells with similar numbers of expressed genes together
         (:class:`~scexceiver.data.LengthGroupedSampler`) so less of each batch is padding.
@@ -53,6 +57,7 @@ class ExceiverDataLoader(AnnDataLoader):
         *args,
         gene_lookup: np.ndarray | None = None,
         n_genes: int | None = None,
+        measured_genes: np.ndarray | None = None,
         length_bucketing: bool = False,
         chunked: bool = False,
         chunk_size: int = 256,
@@ -60,7 +65,9 @@ class ExceiverDataLoader(AnnDataLoader):
         **kwargs,
     ) -> None:
         kwargs["load_sparse_tensor"] = True
-        kwargs["collate_fn"] = partial(collate_tokens, gene_lookup=gene_lookup, n_genes=n_genes)
+        kwargs["collate_fn"] = partial(
+            collate_tokens, gene_lookup=gene_lookup, n_genes=n_genes, measured_genes=measured_genes
+        )
         shuffle = kwargs.get("shuffle", False)
         if chunked and length_bucketing and shuffle:
             raise ValueError(

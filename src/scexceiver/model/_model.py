@@ -18,6 +18,7 @@ from scvi.data import AnnDataManager, fields
 from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from scexceiver._constants import GENE_PANEL
 from scexceiver.data import (
     ExceiverDataLoader,
     ExceiverDataSplitter,
@@ -29,6 +30,7 @@ from scexceiver.data import (
     gene_statistics,
     validate_setup,
 )
+from scexceiver.data._panels import check_gene_panels, measured_table, to_vocabulary
 from scexceiver.data._validate import registered_gene_keys, require_finite
 from scexceiver.module import ExceiverModule
 from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
@@ -130,6 +132,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         labels_key: str | None = None,
         gene_key: str | None = None,
         allow_non_integer: bool = False,
+        gene_panel_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData of raw counts with the model.
@@ -156,7 +159,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         allow_non_integer
             Accept counts that are not whole numbers, e.g. ambient-corrected counts
             (SoupX, CellBender). Log-normalised or scaled data are still wrong input.
+        gene_panel_key
+            For a corpus of sources with different gene panels (e.g. from
+            :func:`~scexceiver.data.open_h5ad_corpus`, which uses ``"source"``): the
+            ``obs`` column naming each cell's source and the ``varm`` key of a genes x
+            sources boolean DataFrame of the genes each source measured. A gene its source
+            did not measure is then never a zero decoding target of a cell, and gene
+            statistics are over the cells that measured the gene. ``None``: every cell
+            measured every gene.
         """
+        check_gene_panels(adata, gene_panel_key)
         validate_setup(
             adata,
             layer=layer,
@@ -171,6 +183,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             fields.CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             fields.CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
+        if gene_panel_key is not None:
+            anndata_fields.append(fields.CategoricalObsField(GENE_PANEL, gene_panel_key))
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -371,6 +385,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         if lookup is None:
             return {}
         return {"gene_lookup": lookup, "n_genes": len(self.gene_vocabulary_)}
+
+    def _measured_genes(self) -> np.ndarray | None:
+        """(gene panels, vocabulary) table of measured genes of the training data, or ``None``."""
+        key = self.registry_["setup_args"].get("gene_panel_key")
+        if key is None:
+            return None
+        categories = self.adata_manager.get_state_registry(GENE_PANEL).categorical_mapping
+        lookup, _ = self._gene_lookup(self.adata)
+        measured = measured_table(self.adata, key, categories)
+        return to_vocabulary(measured, lookup, len(self.gene_vocabulary_))
 
     def align_genes(
         self, adata: AnnData | None = None, min_gene_overlap: float | None = None
@@ -586,6 +610,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             "pin_memory": _uses_gpu(accelerator),
             "length_bucketing": length_bucketing,
             "chunked": chunked,
+            "measured_genes": self._measured_genes(),
             **(datasplitter_kwargs or {}),
         }
         datamodule = self._data_splitter_cls(
@@ -635,11 +660,17 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         lookup, _ = self._gene_lookup(self.adata)
+        panels = None
+        key = self.registry_["setup_args"].get("gene_panel_key")
+        if key is not None:
+            codes = self.adata_manager.get_from_registry(GENE_PANEL)
+            categories = self.adata_manager.get_state_registry(GENE_PANEL).categorical_mapping
+            panels = (np.asarray(codes).ravel(), measured_table(self.adata, key, categories))
         if lookup is None:
-            stats = gene_statistics(counts, train_idx)
+            stats = gene_statistics(counts, train_idx, panels=panels)
         else:
             genes = np.flatnonzero(lookup >= 0)
-            stats = gene_statistics(counts, train_idx, genes=genes).to_vocabulary(
+            stats = gene_statistics(counts, train_idx, genes=genes, panels=panels).to_vocabulary(
                 lookup[genes], len(self.gene_vocabulary_)
             )
         self.module.fit_statistics(stats)
