@@ -73,7 +73,7 @@ def train_child(folder: str, steps: int, batch_size: int, seed: int) -> dict:
     corpus = scexceiver.data.open_h5ad_corpus(folder, Path(folder) / "corpus" / "all.h5ad")
     t_concat = time.perf_counter() - t0
     peak_after_concat = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    scexceiver.ExceiverModel.setup_anndata(corpus)
+    scexceiver.ExceiverModel.setup_anndata(corpus, gene_panel_key="source")
     model = scexceiver.ExceiverModel(corpus)
 
     class Clock(pl.Callback):
