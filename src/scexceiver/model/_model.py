@@ -575,8 +575,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             or ``pin_memory`` (on by default when training on a GPU).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``, e.g.
-            ``strategy="ddp"`` with ``devices=4`` (each rank trains on its own shard of
-            every epoch; see the scaling guide).
+            ``strategy="ddp"`` with ``devices=4`` (GPUs per node) and ``num_nodes=2``
+            (each rank trains on its own shard of every epoch; see the scaling guide).
         """
         self._validate_anndata()
         if chunked is None:
