@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+import scexceiver
 from scexceiver.cli import main
 
 
@@ -175,3 +176,32 @@ def test_every_subcommand_has_help(capsys):
             main([command, "--help"])
         assert err.value.code == 0
         assert "--out" in capsys.readouterr().out
+
+
+def test_pretrain_on_disk_streams_a_corpus_of_all_genes(h5ad_files, tmp_path, capsys):
+    files = [str(h5ad_files["first"]), str(h5ad_files["second"])]
+    corpus, out = tmp_path / "corpus.h5ad", tmp_path / "model"
+    options = ["--layer", "counts", "--gene-key", "gene_ids", "--batch-key", "source_file"]
+    training = ["--max-epochs", "1", "--no-early-stopping", "--accelerator", "cpu"]
+    code = main(
+        ["pretrain", *files, "--on-disk", str(corpus), "--out", str(out), *options, *training]
+    )
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "read 300 cells x 3,000 genes from 2 file(s) (all files' genes, on disk" in printed
+    backed = ad.read_h5ad(corpus, backed="r")
+    assert backed.varm["source_file"].sum().to_dict() == {"first": 3000, "second": 2900}
+    model = scexceiver.ExceiverModel.load(str(out))
+    assert len(model.gene_vocabulary_) == 3000  # the union, not the 2,900 shared genes
+    assert model.registry_["setup_args"]["gene_panel_key"] == "source_file"
+    assert np.isfinite(model.history["train_loss"].to_numpy(dtype=float)).all()
+
+    bad, new_out = tmp_path / "bad.h5ad", str(tmp_path / "m2")
+    on_disk = ["pretrain", files[0], "--out", new_out, "--on-disk"]
+    assert main([*on_disk, str(bad), "--layer", "x"]) == 2
+    assert "layer 'x'" in capsys.readouterr().err
+    assert main([*on_disk, str(bad), "--gene-key", "x"]) == 2
+    assert "--gene-key" in capsys.readouterr().err
+    assert main([*on_disk, str(tmp_path / "c.zarr")]) == 2
+    assert "must end in .h5ad" in capsys.readouterr().err
+    assert not bad.exists()  # refused before anything is written

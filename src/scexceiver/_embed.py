@@ -83,7 +83,7 @@ def embed(
         The embeddings and the gene overlap.
     """
     setup_args = model.registry_["setup_args"]
-    keys = gene_keys(adata, gene_key, name="the data")
+    keys = gene_keys(adata.var, gene_key, name="the data")
     var = pd.DataFrame(index=keys)
     if setup_args.get("gene_key") is not None:
         var[setup_args["gene_key"]] = keys

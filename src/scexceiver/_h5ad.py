@@ -1,4 +1,4 @@
-"""Reading raw counts from h5ad files for the command line (whole files, in memory)."""
+"""Reading raw counts from h5ad files for the command line (in memory, or as a corpus on disk)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anndata
+import h5py
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from anndata.io import read_elem
 from scipy import sparse
 
 from .data import gene_keys as var_gene_keys
+from .data import open_h5ad_corpus
 
 #: ``obs`` column naming the file each cell came from (usable as ``--batch-key``).
 SOURCE_FILE_KEY = "source_file"
@@ -40,21 +43,25 @@ def read_h5ad(path: str | Path) -> AnnData:
         raise InputError(f"could not read {str(path)!r} as h5ad: {err}") from err
 
 
-def counts_matrix(adata: AnnData, layer: str | None, *, name: str) -> sparse.csr_matrix:
-    """Raw counts of ``adata`` (``X`` or ``layers[layer]``) as CSR float32."""
-    if layer is not None and layer not in adata.layers:
+def _check_layer(layers: list[str], layer: str | None, *, name: str) -> None:
+    if layer is not None and layer not in layers:
         raise InputError(
-            f"{name} has no layer {layer!r} (layers: {list(adata.layers)}); pass --layer "
+            f"{name} has no layer {layer!r} (layers: {layers}); pass --layer "
             "with the layer holding raw counts, or leave it out to use X."
         )
+
+
+def counts_matrix(adata: AnnData, layer: str | None, *, name: str) -> sparse.csr_matrix:
+    """Raw counts of ``adata`` (``X`` or ``layers[layer]``) as CSR float32."""
+    _check_layer(list(adata.layers), layer, name=name)
     counts = adata.X if layer is None else adata.layers[layer]
     return sparse.csr_matrix(counts, dtype=np.float32)
 
 
-def gene_keys(adata: AnnData, gene_key: str | None, *, name: str) -> pd.Index:
-    """Unique gene keys of ``adata``: ``var_names`` or the ``gene_key`` column of ``var``."""
+def gene_keys(var: pd.DataFrame, gene_key: str | None, *, name: str) -> pd.Index:
+    """Unique gene keys of a ``var`` table: its index or its ``gene_key`` column."""
     try:
-        keys = var_gene_keys(adata.var, gene_key)
+        keys = var_gene_keys(var, gene_key)
     except ValueError as err:
         raise InputError(
             f"{name}: {err} On the command line, pass --gene-key with a var column of gene "
@@ -109,7 +116,7 @@ def read_counts(
         part = AnnData(
             X=counts_matrix(adata, layer, name=str(path)),
             obs=adata.obs.copy(),
-            var=pd.DataFrame(index=gene_keys(adata, gene_key, name=str(path))),
+            var=pd.DataFrame(index=gene_keys(adata.var, gene_key, name=str(path))),
         )
         parts[str(path)] = part
     if len(parts) == 1:
@@ -128,3 +135,56 @@ def read_counts(
     if gene_key is not None:
         combined.var[gene_key] = combined.var_names.to_numpy()
     return combined
+
+
+def open_counts_on_disk(
+    paths: Sequence[str | Path],
+    corpus: str | Path,
+    *,
+    layer: str | None = None,
+    gene_key: str | None = None,
+) -> AnnData:
+    """Raw counts of one or more h5ad files as one backed corpus written at ``corpus``.
+
+    Each file is checked first, reading only its ``var`` and the names of its layers
+    (same errors as :func:`read_counts`), then the counts are streamed into ``corpus``
+    with :func:`~scexceiver.data.open_h5ad_corpus` (reused if it exists). Genes are the
+    **union** of the files' gene keys; ``varm["source_file"]`` records which file
+    measured which gene, ``obs["source_file"]`` each cell's file (its name without
+    suffix).
+
+    Parameters
+    ----------
+    paths
+        h5ad files with raw counts.
+    corpus
+        The h5ad file to write (not one of ``paths``).
+    layer
+        Layer holding raw counts in every file; ``None`` uses ``X``.
+    gene_key
+        ``var`` column with the gene keys in every file; ``None`` uses ``var_names``.
+
+    Returns
+    -------
+    anndata.AnnData
+        The corpus, opened backed (read-only).
+    """
+    corpus = Path(corpus)
+    if corpus.suffix != ".h5ad":
+        raise InputError(f"--on-disk {str(corpus)!r} must end in .h5ad.")
+    for path in map(check_h5ad_path, paths):
+        if corpus.exists() and corpus.resolve() == path.resolve():
+            raise InputError("--on-disk is one of the input files; give a new path.")
+        try:
+            with h5py.File(path, "r") as f:
+                layers = list(f["layers"]) if "layers" in f else []
+                var = read_elem(f["var"])
+        except OSError as err:
+            raise InputError(f"could not read {str(path)!r} as h5ad: {err}") from err
+        _check_layer(layers, layer, name=str(path))
+        gene_keys(var, gene_key, name=str(path))
+    if len({Path(p).stem for p in paths}) < len(paths):
+        raise InputError("--on-disk needs input files with distinct names.")
+    return open_h5ad_corpus(
+        list(paths), corpus, layer=layer, gene_key=gene_key, label=SOURCE_FILE_KEY
+    )

@@ -37,9 +37,16 @@ def _check_output_folder(out: Path, overwrite: bool) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output_folder(out, args.overwrite)
-    from ._h5ad import read_counts
+    from ._h5ad import open_counts_on_disk, read_counts
 
-    adata = read_counts(args.data, layer=args.layer, gene_key=args.gene_key)
+    if args.on_disk is None:
+        adata = read_counts(args.data, layer=args.layer, gene_key=args.gene_key)
+        joined = " (genes shared by all files)"
+    else:
+        adata = open_counts_on_disk(
+            args.data, args.on_disk, layer=args.layer, gene_key=args.gene_key
+        )
+        joined = f" (all files' genes, on disk in {args.on_disk})"
     if args.batch_key is not None and args.batch_key not in adata.obs.columns:
         raise InputError(
             f"--batch-key {args.batch_key!r} is not an obs column of every file "
@@ -47,7 +54,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         )
     print(
         f"read {adata.n_obs:,} cells x {adata.n_vars:,} genes from {len(args.data)} file(s)"
-        + (" (genes shared by all files)" if len(args.data) > 1 else "")
+        + (joined if len(args.data) > 1 or args.on_disk else "")
     )
 
     import scvi
@@ -55,7 +62,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .model import ExceiverModel
 
     scvi.settings.seed = args.seed
-    ExceiverModel.setup_anndata(adata, batch_key=args.batch_key, gene_key=args.gene_key)
+    ExceiverModel.setup_anndata(
+        adata,
+        batch_key=args.batch_key,
+        gene_key=args.gene_key,
+        gene_panel_key=None if args.on_disk is None else SOURCE_FILE_KEY,
+    )
     try:
         model = ExceiverModel(adata, preset=args.preset)
     except ValueError as err:
@@ -133,12 +145,21 @@ def _add_pretrain(sub) -> None:
         description="Pretrain Exceiver by masked expression prediction on one or more h5ad "
         "files of raw counts and save the model into --out. Several files are concatenated "
         f"in memory on the genes they all share; obs[{SOURCE_FILE_KEY!r}] names each "
-        f"cell's file (pass --batch-key {SOURCE_FILE_KEY} to condition on it).",
+        f"cell's file (pass --batch-key {SOURCE_FILE_KEY} to condition on it). With "
+        "--on-disk they are written as one h5ad corpus on the union of their genes and "
+        "training streams from it in shuffled chunks, never loading the counts.",
     )
     p.add_argument("data", nargs="+", metavar="DATA.h5ad", help="h5ad file(s) with raw counts")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the saved model")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--layer", help="layer with raw counts in every file (default: X)")
+    p.add_argument(
+        "--on-disk",
+        metavar="CORPUS.h5ad",
+        help="train from disk: write the files' counts as one h5ad corpus here (a copy, "
+        "reused if it exists) and stream minibatches from it; genes a file did not "
+        "measure are never its cells' targets",
+    )
     p.add_argument("--batch-key", help="obs column of batch labels to condition on")
     p.add_argument(
         "--gene-key", help="var column of stable gene IDs, e.g. Ensembl (default: var_names)"

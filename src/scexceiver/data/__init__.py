@@ -1,5 +1,7 @@
 """Data path: gene statistics, vocabulary, and tokenisation of sparse cells."""
 
+from ._blocks import BlockCache, ChunkedReadDataset
+from ._chunks import ChunkShuffleSampler
 from ._corpus import open_h5ad_corpus
 from ._loader import ExceiverDataLoader, ExceiverDataSplitter
 from ._sampler import LengthGroupedSampler
@@ -16,6 +18,9 @@ from ._validate import (
 from ._vocab import GeneOverlap, GeneVocabulary
 
 __all__ = [
+    "BlockCache",
+    "ChunkShuffleSampler",
+    "ChunkedReadDataset",
     "CountsSummary",
     "ExceiverDataLoader",
     "ExceiverDataSplitter",

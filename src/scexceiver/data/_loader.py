@@ -8,6 +8,8 @@ import numpy as np
 from scvi import REGISTRY_KEYS, settings
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 
+from ._blocks import BlockCache, ChunkedReadDataset
+from ._chunks import ChunkShuffleSampler
 from ._sampler import use_length_buckets
 from ._tokenize import collate_tokens
 
@@ -28,9 +30,23 @@ class ExceiverDataLoader(AnnDataLoader):
         the data's gene panel is not the model's; ``None`` when it is.
     n_genes
         Size of the model's vocabulary (needed with ``gene_lookup``).
+    measured_genes
+        (gene panels, vocabulary) boolean table of the genes each registered gene panel
+        measured; minibatches then carry each cell's row (see
+        :func:`~scexceiver.data.collate_tokens`). ``None``: every gene measured.
     length_bucketing
         When shuffling, batch cells with similar numbers of expressed genes together
         (:class:`~scexceiver.data.LengthGroupedSampler`) so less of each batch is padding.
+    chunked
+        When shuffling, read the counts in contiguous blocks of rows: cells are shuffled
+        by :class:`~scexceiver.data.ChunkShuffleSampler` (under DDP it also gives each
+        rank its shard) and read through a :class:`~scexceiver.data.BlockCache` of
+        ``2 x window_chunks`` blocks. Made for backed (on-disk) data, where it replaces
+        one random read per cell by one contiguous read per block. Loaders that do not
+        shuffle read rows as scvi-tools does.
+    chunk_size, window_chunks
+        Rows per block and blocks shuffled together (see
+        :class:`~scexceiver.data.ChunkShuffleSampler`).
     **kwargs
         Keyword arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
     """
@@ -41,18 +57,51 @@ class ExceiverDataLoader(AnnDataLoader):
         *args,
         gene_lookup: np.ndarray | None = None,
         n_genes: int | None = None,
+        measured_genes: np.ndarray | None = None,
         length_bucketing: bool = False,
+        chunked: bool = False,
+        chunk_size: int = 256,
+        window_chunks: int = 8,
         **kwargs,
     ) -> None:
         kwargs["load_sparse_tensor"] = True
-        kwargs["collate_fn"] = partial(collate_tokens, gene_lookup=gene_lookup, n_genes=n_genes)
-        bucketing = length_bucketing and kwargs.get("shuffle", False)
+        kwargs["collate_fn"] = partial(
+            collate_tokens, gene_lookup=gene_lookup, n_genes=n_genes, measured_genes=measured_genes
+        )
+        shuffle = kwargs.get("shuffle", False)
+        if chunked and length_bucketing and shuffle:
+            raise ValueError(
+                "length_bucketing cannot be combined with chunked reading (chunked=True, "
+                "the default for backed data); pass chunked=False or length_bucketing=False."
+            )
+        bucketing = length_bucketing and shuffle
+        chunked = chunked and shuffle
         if bucketing:
             kwargs["shuffle"] = False
+        if chunked:
+            # the counts come from the blocks; the chunk sampler shards ranks itself
+            kwargs["data_and_attributes"] = [
+                key for key in adata_manager.data_registry if key != REGISTRY_KEYS.X_KEY
+            ]
+            kwargs["distributed_sampler"] = False
         super().__init__(adata_manager, *args, **kwargs)
+        counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         if bucketing:
-            counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
             use_length_buckets(self, counts, seed=settings.seed)
+        if chunked:
+            self.dataset.dataset = ChunkedReadDataset(
+                self.dataset.dataset,
+                BlockCache(counts, chunk_size=chunk_size, max_chunks=2 * window_chunks),
+            )
+            sampler = ChunkShuffleSampler(
+                self.indices,
+                chunk_size=chunk_size,
+                window_chunks=window_chunks,
+                seed=settings.seed,
+            )
+            self.sampler.sampler = sampler
+            # Lightning sets the epoch on the loader's sampler, the batch sampler here
+            self.sampler.set_epoch = sampler.set_epoch
 
 
 class ExceiverDataSplitter(DataSplitter):

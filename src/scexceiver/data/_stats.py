@@ -21,6 +21,9 @@ class GeneStatistics:
         (1 for genes never detected).
     detection_rate
         Per-gene fraction of cells where the gene is detected.
+
+    With gene panels, the per-gene statistics are over the cells whose source measured
+    the gene.
     median_detected
         Median number of detected genes per cell.
     log_library_mean, log_library_std
@@ -66,6 +69,7 @@ def gene_statistics(
     genes: np.ndarray | None = None,
     target_sum: float = 1e4,
     chunk_size: int = 4096,
+    panels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> GeneStatistics:
     """Compute :class:`GeneStatistics` of raw counts ``x`` over rows ``indices``.
 
@@ -86,6 +90,12 @@ def gene_statistics(
         Counts per cell after library-size scaling.
     chunk_size
         Rows per chunk.
+    panels
+        ``(codes, measured)``: the gene panel of each row of ``x`` (integer codes) and a
+        (panels, columns of ``x``) boolean table of the genes each panel measured. A
+        gene's mean, std and detection rate are then over the cells that measured it
+        (a gene no used cell measured gets mean 0, std 1, detection rate 0). ``None``:
+        every cell measured every gene.
     """
     if indices is None:
         indices = np.arange(x.shape[0])
@@ -115,9 +125,10 @@ def gene_statistics(
         total_sq += np.asarray(logged.multiply(logged).sum(axis=0)).ravel()
         detected += np.bincount(logged.indices, minlength=n_genes)
         per_cell_detected.append(np.diff(chunk.indptr))
-    n = indices.size
-    mean = total / n
-    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    n = _cells_measuring(indices, genes, n_genes, panels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / n, 0.0)
+        std = np.sqrt(np.maximum(np.where(n > 0, total_sq / n, 0.0) - mean**2, 0.0))
     std = np.where(std > 0, std, 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         expressed_log_mean = total / detected
@@ -126,9 +137,26 @@ def gene_statistics(
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
         expressed_mean=expressed_mean.astype(np.float32),
-        detection_rate=(detected / n).astype(np.float32),
+        detection_rate=(detected / np.maximum(n, 1)).astype(np.float32),
         median_detected=float(np.median(np.concatenate(per_cell_detected))),
         log_library_mean=float(np.mean(np.concatenate(log_library))),
         log_library_std=float(np.std(np.concatenate(log_library)) or 1.0),
-        n_cells=int(n),
+        n_cells=int(indices.size),
     )
+
+
+def _cells_measuring(
+    indices: np.ndarray,
+    genes: np.ndarray | None,
+    n_genes: int,
+    panels: tuple[np.ndarray, np.ndarray] | None,
+) -> np.ndarray:
+    """Per gene, how many of the cells ``indices`` measured it."""
+    if panels is None:
+        return np.full(n_genes, float(indices.size))
+    codes, measured = panels
+    measured = np.asarray(measured, dtype=bool)
+    if genes is not None:
+        measured = measured[:, genes]
+    cells_per_panel = np.bincount(np.asarray(codes)[indices], minlength=measured.shape[0])
+    return cells_per_panel.astype(np.float64) @ measured

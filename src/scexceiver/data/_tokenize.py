@@ -7,7 +7,14 @@ import torch
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
+from scexceiver._constants import (
+    COUNTS,
+    GENE_IDX,
+    GENE_PANEL,
+    LIBRARY_SIZE,
+    MEASURED_GENES,
+    TOKEN_MASK,
+)
 
 
 def tokenize_counts(
@@ -93,16 +100,24 @@ def _csr_parts(x) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, 
 
 
 def collate_tokens(
-    batch: dict, gene_lookup: np.ndarray | None = None, n_genes: int | None = None
+    batch: dict,
+    gene_lookup: np.ndarray | None = None,
+    n_genes: int | None = None,
+    measured_genes: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
     """Collate function for scvi-tools' dataset: replace ``X`` by gene tokens.
 
     Other registered fields (batch, labels) are converted to tensors unchanged.
     ``gene_lookup`` and ``n_genes`` map the data's columns onto a model's vocabulary
-    (see :func:`tokenize_counts`).
+    (see :func:`tokenize_counts`). ``measured_genes``, a (panels, vocabulary) boolean
+    table, adds each cell's row of it (by its registered gene panel code) as
+    ``measured_genes`` (b, vocabulary): the genes its source measured.
     """
     out = {
         key: torch.as_tensor(value) for key, value in batch.items() if key != REGISTRY_KEYS.X_KEY
     }
     out.update(tokenize_counts(batch[REGISTRY_KEYS.X_KEY], gene_lookup, n_genes))
+    if measured_genes is not None:
+        codes = np.asarray(batch[GENE_PANEL]).astype(np.int64).ravel()
+        out[MEASURED_GENES] = torch.from_numpy(measured_genes[codes])
     return out

@@ -18,6 +18,7 @@ from scvi.data import AnnDataManager, fields
 from scvi.model._utils import use_distributed_sampler
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from scexceiver._constants import GENE_PANEL
 from scexceiver.data import (
     ExceiverDataLoader,
     ExceiverDataSplitter,
@@ -29,6 +30,7 @@ from scexceiver.data import (
     gene_statistics,
     validate_setup,
 )
+from scexceiver.data._panels import check_gene_panels, measured_table, to_vocabulary
 from scexceiver.data._validate import registered_gene_keys, require_finite
 from scexceiver.module import ExceiverModule
 from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
@@ -130,6 +132,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         labels_key: str | None = None,
         gene_key: str | None = None,
         allow_non_integer: bool = False,
+        gene_panel_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData of raw counts with the model.
@@ -156,7 +159,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         allow_non_integer
             Accept counts that are not whole numbers, e.g. ambient-corrected counts
             (SoupX, CellBender). Log-normalised or scaled data are still wrong input.
+        gene_panel_key
+            For a corpus of sources with different gene panels (e.g. from
+            :func:`~scexceiver.data.open_h5ad_corpus`, which uses ``"source"``): the
+            ``obs`` column naming each cell's source and the ``varm`` key of a genes x
+            sources boolean DataFrame of the genes each source measured. A gene its source
+            did not measure is then never a zero decoding target of a cell, and gene
+            statistics are over the cells that measured the gene. ``None``: every cell
+            measured every gene.
         """
+        check_gene_panels(adata, gene_panel_key)
         validate_setup(
             adata,
             layer=layer,
@@ -171,6 +183,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             fields.CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             fields.CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
         ]
+        if gene_panel_key is not None:
+            anndata_fields.append(fields.CategoricalObsField(GENE_PANEL, gene_panel_key))
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
@@ -372,6 +386,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             return {}
         return {"gene_lookup": lookup, "n_genes": len(self.gene_vocabulary_)}
 
+    def _measured_genes(self) -> np.ndarray | None:
+        """(gene panels, vocabulary) table of measured genes of the training data, or ``None``."""
+        key = self.registry_["setup_args"].get("gene_panel_key")
+        if key is None:
+            return None
+        categories = self.adata_manager.get_state_registry(GENE_PANEL).categorical_mapping
+        lookup, _ = self._gene_lookup(self.adata)
+        measured = measured_table(self.adata, key, categories)
+        return to_vocabulary(measured, lookup, len(self.gene_vocabulary_))
+
     def align_genes(
         self, adata: AnnData | None = None, min_gene_overlap: float | None = None
     ) -> GeneOverlap:
@@ -480,6 +504,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         checkpoint_every_n_epochs: int = 1,
         resume_from: str | None = None,
         length_bucketing: bool = False,
+        chunked: bool | None = None,
         compile: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
@@ -528,6 +553,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         length_bucketing
             Batch training cells with similar numbers of expressed genes together, so
             less of each batch is padding (:class:`~scexceiver.data.LengthGroupedSampler`).
+        chunked
+            Shuffle training cells in chunks: the order of contiguous blocks of rows is
+            shuffled and cells are shuffled within a window of a few blocks
+            (:class:`~scexceiver.data.ChunkShuffleSampler`), so each minibatch is read as
+            a few contiguous slices instead of one random read per cell; every training
+            cell still comes once per epoch, seeded by ``seed``, and under DDP each rank
+            reads its own shard. ``None``: on for a backed AnnData (unless
+            ``length_bucketing``), off in memory. Tune it with ``datasplitter_kwargs=
+            {"chunk_size": 256, "window_chunks": 8}`` (rows per block, blocks shuffled
+            together; about ``2 x window_chunks x chunk_size`` rows are held in memory).
         compile
             Compile the network with :func:`torch.compile` (dynamic shapes) before
             training; it stays compiled for inference. The first steps are slower while
@@ -540,10 +575,20 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             or ``pin_memory`` (on by default when training on a GPU).
         **trainer_kwargs
             Passed to :class:`scvi.train.Trainer` / Lightning's ``Trainer``, e.g.
-            ``strategy="ddp"`` with ``devices=4`` (each rank trains on its own shard of
-            every epoch; see the scaling guide).
+            ``strategy="ddp"`` with ``devices=4`` (GPUs per node) and ``num_nodes=2``
+            (each rank trains on its own shard of every epoch; see the scaling guide).
         """
         self._validate_anndata()
+        if chunked is None:
+            chunked = bool(self.adata.isbacked) and not length_bucketing
+        if chunked and length_bucketing:
+            raise ValueError(
+                "length_bucketing=True cannot be combined with chunked=True; pass one of them."
+            )
+        distributed = use_distributed_sampler(trainer_kwargs.get("strategy"))
+        if chunked and distributed:
+            # the chunk sampler shards the ranks; Lightning must not replace it
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
         if compile:
             self.module.network.compile(dynamic=True)
         if seed is not None:
@@ -564,6 +609,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         datasplitter_kwargs = {
             "pin_memory": _uses_gpu(accelerator),
             "length_bucketing": length_bucketing,
+            "chunked": chunked,
+            "measured_genes": self._measured_genes(),
             **(datasplitter_kwargs or {}),
         }
         datamodule = self._data_splitter_cls(
@@ -571,7 +618,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             train_size=train_size,
             validation_size=validation_size,
             batch_size=batch_size,
-            distributed_sampler=use_distributed_sampler(trainer_kwargs.get("strategy")),
+            distributed_sampler=distributed,
             **self._loader_kwargs(self.adata),
             **datasplitter_kwargs,
         )
@@ -613,11 +660,17 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         lookup, _ = self._gene_lookup(self.adata)
+        panels = None
+        key = self.registry_["setup_args"].get("gene_panel_key")
+        if key is not None:
+            codes = self.adata_manager.get_from_registry(GENE_PANEL)
+            categories = self.adata_manager.get_state_registry(GENE_PANEL).categorical_mapping
+            panels = (np.asarray(codes).ravel(), measured_table(self.adata, key, categories))
         if lookup is None:
-            stats = gene_statistics(counts, train_idx)
+            stats = gene_statistics(counts, train_idx, panels=panels)
         else:
             genes = np.flatnonzero(lookup >= 0)
-            stats = gene_statistics(counts, train_idx, genes=genes).to_vocabulary(
+            stats = gene_statistics(counts, train_idx, genes=genes, panels=panels).to_vocabulary(
                 lookup[genes], len(self.gene_vocabulary_)
             )
         self.module.fit_statistics(stats)

@@ -8,7 +8,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
-from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, TOKEN_MASK
+from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, MEASURED_GENES, TOKEN_MASK
 
 from ._exceiver import Exceiver
 from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
@@ -153,6 +153,7 @@ class ExceiverModule(BaseModuleClass):
             "token_mask": tensors[TOKEN_MASK],
             "library_size": tensors[LIBRARY_SIZE],
             "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+            "measured_genes": tensors.get(MEASURED_GENES),
         }
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
@@ -180,6 +181,7 @@ class ExceiverModule(BaseModuleClass):
         token_mask: torch.Tensor,
         library_size: torch.Tensor,
         batch_index: torch.Tensor | None = None,
+        measured_genes: torch.Tensor | None = None,
         masking: bool = True,
         generator: torch.Generator | None = None,
         return_weights: bool = False,
@@ -194,6 +196,10 @@ class ExceiverModule(BaseModuleClass):
             (b,) total counts per cell.
         batch_index
             (b, 1) batch codes.
+        measured_genes
+            (b, n_genes) boolean, the genes each cell's source measured (corpora of
+            files with different gene panels); an unmeasured gene is never a decoding
+            target. ``None``: every gene was measured.
         masking
             Draw masked genes and decoder queries (training and validation); ``False``
             encodes every token (embedding).
@@ -240,7 +246,9 @@ class ExceiverModule(BaseModuleClass):
             else:
                 enc_keep = _scatter_where(enc_keep, pos, valid, False)
             out.update(
-                self._decoder_queries(gene_idx, values, all_tokens, library_size, draw, generator)
+                self._decoder_queries(
+                    gene_idx, values, all_tokens, library_size, draw, generator, measured_genes
+                )
             )
         if self.token_mode == "dense" and self.dense_mask == "additive":
             attn_mask = (~expressed).to(values.dtype)
@@ -266,23 +274,18 @@ class ExceiverModule(BaseModuleClass):
         library_size: torch.Tensor,
         draw: TokenDraw,
         generator: torch.Generator | None,
+        measured_genes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         idx = [gene_idx.gather(1, draw.masked_pos), gene_idx.gather(1, draw.visible_pos)]
         target = [values.gather(1, draw.masked_pos), values.gather(1, draw.visible_pos)]
         valid = [draw.masked_valid, draw.visible_valid]
         qtype = [torch.full_like(i, QUERY_EXPRESSED) for i in idx]
         if self.n_random_queries:
-            b = gene_idx.shape[0]
-            rand = torch.multinomial(
-                self.query_weights,
-                b * self.n_random_queries,
-                replacement=True,
-                generator=generator,
-            ).view(b, -1)
+            rand, rand_valid = self._draw_panel_genes(gene_idx.shape[0], generator, measured_genes)
             idx.append(rand)
             rand_counts = lookup_counts(*all_tokens, rand)
             target.append(self.normalizer(rand_counts, library_size, rand))
-            valid.append(torch.ones_like(rand, dtype=torch.bool))
+            valid.append(rand_valid)
             qtype.append(torch.full_like(rand, QUERY_ANY))
         masked = torch.zeros_like(torch.cat(valid, dim=1))
         masked[:, : draw.masked_pos.shape[1]] = draw.masked_valid
@@ -293,6 +296,33 @@ class ExceiverModule(BaseModuleClass):
             "query_valid": torch.cat(valid, dim=1),
             "query_masked": masked,
         }
+
+    def _draw_panel_genes(
+        self, b: int, generator: torch.Generator | None, measured_genes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n_random_queries`` genes per cell by ``query_weights`` among measured genes.
+
+        Returns the (b, n_random_queries) genes and which of them are valid targets (a
+        cell with no measured gene of positive weight draws filler, all invalid).
+        """
+        if measured_genes is None:
+            rand = torch.multinomial(
+                self.query_weights,
+                b * self.n_random_queries,
+                replacement=True,
+                generator=generator,
+            ).view(b, -1)
+            return rand, torch.ones_like(rand, dtype=torch.bool)
+        measured = measured_genes.bool()
+        weights = self.query_weights * measured
+        empty = weights.sum(1, keepdim=True) == 0
+        rand = torch.multinomial(
+            torch.where(empty, torch.ones_like(weights), weights),
+            self.n_random_queries,
+            replacement=True,
+            generator=generator,
+        )
+        return rand, measured.gather(1, rand) & ~empty
 
     @auto_move_data
     def generative(

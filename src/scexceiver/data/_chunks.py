@@ -1,0 +1,102 @@
+"""Chunk-shuffled order of cells: contiguous blocks of rows, shuffled, mixed in windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class ChunkShuffleSampler(Sampler[int]):
+    """Shuffled order of cells that reads a backed matrix in a few contiguous blocks.
+
+    The rows of the matrix are cut into blocks of ``chunk_size`` consecutive rows. Each
+    epoch the order of the blocks is shuffled, the cells of the shuffled blocks are laid
+    end to end, and the cells within each window of ``window_chunks`` consecutive blocks
+    of that sequence are shuffled. Batching the yielded positions in
+    runs of ``batch_size`` (as a :class:`~torch.utils.data.BatchSampler` does) gives
+    minibatches whose cells come from about ``window_chunks`` blocks, so a reader that
+    keeps the blocks of the current window (:class:`~scexceiver.data.ChunkedReadDataset`)
+    reads every block of rows once per epoch, in one contiguous slice, instead of one
+    random row at a time. Every cell comes once per epoch.
+
+    Under DDP the shuffled sequence is cut into ``num_replicas`` contiguous shards of
+    equal length (padded with its first cells when it does not divide evenly, as
+    :class:`~torch.utils.data.DistributedSampler` does), so each rank reads its own
+    blocks and trains on its own cells.
+
+    Parameters
+    ----------
+    rows
+        Row of the matrix of each position of the dataset (the loader's ``indices``);
+        the sampler yields positions into it.
+    chunk_size
+        Rows per contiguous block.
+    window_chunks
+        Blocks whose cells are shuffled together: more mixes batches better, fewer keep
+        fewer rows in memory.
+    seed
+        Seed of the shuffling; epoch ``e`` uses ``seed + e``. ``None`` draws one from
+        torch's global generator.
+    num_replicas, rank
+        Number of DDP processes and this one's rank; ``None`` reads them from
+        :mod:`torch.distributed` when it is initialised (otherwise 1 and 0).
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        *,
+        chunk_size: int = 256,
+        window_chunks: int = 8,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if chunk_size < 1 or window_chunks < 1:
+            raise ValueError(
+                f"chunk_size ({chunk_size}) and window_chunks ({window_chunks}) must be >= 1."
+            )
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas}).")
+        self.rows = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+        self.chunk_size = chunk_size
+        self.window_chunks = window_chunks
+        self.seed = int(torch.randint(2**31, ())) if seed is None else seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle the next epoch as epoch ``epoch`` (Lightning calls it every epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        by_row = self.rows.argsort(stable=True)
+        block = self.rows[by_row] // self.chunk_size
+        _, block_sizes = torch.unique_consecutive(block, return_counts=True)
+        blocks = by_row.split(block_sizes.tolist())
+        order = torch.randperm(len(blocks), generator=generator).tolist()
+        sequence = torch.cat([blocks[i] for i in order]) if blocks else by_row
+        shard = len(self)
+        padded = sequence.repeat(-(-shard * self.num_replicas // max(len(sequence), 1)))
+        mine = padded[self.rank * shard : (self.rank + 1) * shard]
+        block = self.rows[mine] // self.chunk_size
+        starts = torch.ones(len(mine), dtype=torch.bool)
+        starts[1:] = block[1:] != block[:-1]
+        window = (starts.cumsum(0) - 1) // self.window_chunks
+        _, window_sizes = torch.unique_consecutive(window, return_counts=True)
+        for cells in mine.split(window_sizes.tolist()):
+            yield from cells[torch.randperm(len(cells), generator=generator)].tolist()
