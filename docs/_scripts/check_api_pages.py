@@ -11,7 +11,7 @@ import importlib
 import sys
 from pathlib import Path
 
-PUBLIC_MODULES = ["scexceiver", "datasets", "tl", "pl", "module", "data", "train"]
+PUBLIC_MODULES = ["scexceiver", "datasets", "pretrained", "tl", "pl", "module", "data", "train"]
 EXTRA = ["scexceiver.cli.main", "scexceiver.cli.build_parser"]
 
 

@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import rich.pretty  # noqa: F401  (scvi-tools' view_anndata_setup needs it imported)
 
-from . import datasets, pl, tl
+from . import datasets, pl, pretrained, tl
 from .model import ExceiverModel, ExceiverPredictor
 
 try:
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:
     __version__ = "0.0.0"
 
-__all__ = ["ExceiverModel", "ExceiverPredictor", "datasets", "pl", "tl"]
+__all__ = ["ExceiverModel", "ExceiverPredictor", "datasets", "pl", "pretrained", "tl"]
