@@ -88,8 +88,9 @@ def _registered_manager(cls, adata):
 
 
 def _batch_categories(model: ExceiverModel) -> list:
-    registry = model.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-    return list(registry.categorical_mapping)
+    """Batch categories of ``model`` (from its registry: the model may have no data)."""
+    state = model.registry_["field_registries"][REGISTRY_KEYS.BATCH_KEY]["state_registry"]
+    return list(state["categorical_mapping"])
 
 
 @torch.no_grad()
