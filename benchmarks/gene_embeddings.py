@@ -130,7 +130,7 @@ def main() -> None:
     if args.model:
         loaded = scexceiver.ExceiverModel.load(args.model, adata=adata)
         # a model pretrained on other panels may lack some PBMC 3k genes (NaN rows)
-        known = np.isfinite(loaded.get_gene_embeddings()).all(1)
+        known = np.isfinite(loaded.get_gene_embeddings(adata)).all(1)
         genes = genes[known[genes]]
     ensembl = pd.Index(adata.var["gene_ids"].astype(str)).take(genes)
     annotation = annotation_matrix(
@@ -152,7 +152,7 @@ def main() -> None:
 
     embeddings = []
     if loaded is not None:
-        embeddings.append(("Exceiver (loaded)", loaded.get_gene_embeddings()[genes], None))
+        embeddings.append(("Exceiver (loaded)", loaded.get_gene_embeddings(adata)[genes], None))
     else:
         for seed in args.seeds:
             scvi.settings.seed = seed
