@@ -17,7 +17,8 @@ seeds:
 Reports macro-F1 and accuracy (mean and sd over seeds), prints a table and writes JSON.
 Sizes (``--size``, recorded in the JSON's ``config``): ``quick`` subsamples both datasets
 and trains few epochs (a smoke test, minutes); ``cpu`` pretrains on 6,000 Kang cells and
-fine-tunes on all of PBMC 3k (about an hour on one CPU thread); ``full`` is GPU-sized.
+fine-tunes on all of PBMC 3k (123 min measured on one thread of a shared CPU); ``full`` is
+GPU-sized.
 
 Usage: python benchmarks/transfer.py --size cpu --threads 1
 """
