@@ -161,8 +161,11 @@ def prepare(adata: ad.AnnData) -> ad.AnnData:
 
 
 def _epochs_run(model) -> int:
-    key = "train_loss_epoch" if "train_loss_epoch" in model.history else "train_loss"
-    return len(model.history[key])
+    """Completed epochs (0 when the wall-time cap stopped the first epoch)."""
+    for key in ("train_loss_epoch", "train_loss"):
+        if key in model.history:
+            return len(model.history[key])
+    return 0
 
 
 def train_scvi(adata: ad.AnnData, seed: int, max_time: timedelta) -> tuple[np.ndarray, dict]:
@@ -279,12 +282,13 @@ def main() -> None:
     parser.add_argument("--no-paper", action="store_true", help="skip the paper preset")
     parser.add_argument("--no-scib", action="store_true", help="kNN macro-F1 only")
     parser.add_argument("--variant", action="append", default=[], help="e.g. readout=mean")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="small: Kang 500/condition, 1 min")
     parser.add_argument("--out", default="benchmarks/results/embedding_quality.json")
     args = parser.parse_args()
     if args.quick:
         args.kang_cells, args.minutes, args.pbmc3k_cells = 500, 1.0, 1000
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     max_time = timedelta(minutes=args.minutes)
     methods = {"Exceiver default": {}} | parse_variants(args.variant)

@@ -29,6 +29,7 @@ CONFIGS = {
     "dim32": {"dim": 32, "head_hidden": 32},
     "latents32": {"n_latents": 32},
     "layers4": {"n_layers": 4},
+    "standardised_loss": {"loss_space": "standardised"},
 }
 
 
@@ -79,6 +80,8 @@ def main() -> None:
                 "masked_mse": round(rec["masked_mse"], 4),
                 "depth_corr_top5_pcs": round(float(depth_corr), 3),
                 "gene_mean_mse": round(rec["gene_mean_mse"], 4),
+                "masked_mse_log": round(rec["masked_mse_log"], 4),
+                "gene_mean_mse_log": round(rec["gene_mean_mse_log"], 4),
                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             }
             rows.append(row)
@@ -92,6 +95,8 @@ def main() -> None:
         "knn_macro_f1_standardised": "F1 std",
         "masked_mse": "MSE",
         "gene_mean_mse": "mean MSE",
+        "masked_mse_log": "log MSE",
+        "gene_mean_mse_log": "mean log",
         "depth_corr_top5_pcs": "depth r",
     }
     print("\n" + "".join(f"{h:>22}" if k == "config" else f"{h:>10}" for k, h in columns.items()))

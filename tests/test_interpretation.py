@@ -15,7 +15,7 @@ from scexceiver.module import ExceiverModule
 
 # Measured on the shared fixture (PBMC 3k, 12 epochs, seed 0): 0-based rank of each
 # marker among 32,738 genes by rank_attention, with the limit asserted below.
-# B: CD79A 0, MS4A1 1, CD79B 2. CD14 Monocyte: S100A8 0, CD14 5, LYZ 21.
+# B: CD79A 0, MS4A1 1, CD79B 2. CD14 Monocyte: S100A8 0, CD14 5, LYZ 18.
 MARKER_RANK_LIMITS = {
     ("B", "CD79A"): 10,
     ("B", "MS4A1"): 10,
@@ -23,6 +23,12 @@ MARKER_RANK_LIMITS = {
     ("CD14 Monocyte", "CD14"): 25,
     ("CD14 Monocyte", "LYZ"): 100,
 }
+
+#: B-cell marker genes of PBMC atlases (Seurat's PBMC 3k guide, PanglaoDB), MS4A1 excluded.
+B_CELL_GENES = {
+    "CD79A", "CD79B", "CD19", "CD22", "BANK1", "TCL1A", "VPREB3", "LINC00926", "CD74",
+    "HLA-DQA1", "FCER2", "IGHD", "IGHM", "BLK", "FCRLA", "SPIB", "PAX5", "TNFRSF13C",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def test_attention_is_a_distribution_over_each_cells_expressed_genes(attention):
     assert ((importance > 0) != (adata.X > 0)).nnz == 0
     np.testing.assert_allclose(np.asarray(importance.sum(1)).ravel(), 1.0, atol=1e-5)
     # not uniform (uniform gives exactly 1): measured max / min weight within a cell,
-    # median over 200 cells, 1.12 for the 12-epoch fixture
+    # median over 200 cells, 1.74 for the 12-epoch fixture
     spread = [row.data.max() / row.data.min() for row in importance[:200]]
     assert np.median(spread) > 1.05
 
@@ -67,8 +73,9 @@ def test_attention_group_summary_and_marker_ranks(attention):
         assert ranks[key] < limit, key
     # plain mean attention favours broadly expressed genes; the specificity score does not
     assert means["B"].rank(ascending=False)["MS4A1"] > 20
-    # LYZ is the gene CD14 monocytes attend to most (measured: first)
-    assert means["CD14 Monocyte"].idxmax() == "LYZ"
+    # LYZ is among the genes CD14 monocytes attend to most (measured: third, after the
+    # ferritins FTH1 and FTL)
+    assert means["CD14 Monocyte"].rank(ascending=False)["LYZ"] <= 5
 
 
 def test_attention_refuses_to_overwrite_and_checks_groupby(attention):
@@ -102,8 +109,10 @@ def test_gene_neighbors(trained):
     assert "MS4A1" not in neighbours.index
     cosine = neighbours["cosine"].to_numpy()
     assert np.all(np.diff(cosine) <= 0) and np.all(np.abs(cosine) <= 1 + 1e-6)
-    # measured: CD79B is MS4A1's 4th neighbour of 32,737 genes
-    assert "CD79B" in neighbours.index
+    # B-cell genes among MS4A1's 10 nearest of 32,737 (chance: 0.006); measured 5:
+    # TCL1A, VPREB3, BANK1, CD79A, LINC00926
+    b_cell_genes = B_CELL_GENES & set(neighbours.index)
+    assert len(b_cell_genes) >= 3, b_cell_genes
     similarity = scexceiver.tl.gene_similarity(model, ["MS4A1", *neighbours.index[:3]])
     np.testing.assert_allclose(similarity.loc["MS4A1"].to_numpy()[1:], cosine[:3], rtol=1e-5)
     np.testing.assert_allclose(np.diag(similarity.to_numpy()), 1.0, rtol=1e-5)
@@ -122,10 +131,9 @@ def test_reconstruction_quality_on_held_out_cells(trained):
     np.testing.assert_allclose(hidden["detected"], np.asarray((held_out > 0).mean(0)).ravel())
     beats_mean = float((hidden["mse"] < hidden["gene_mean_mse"]).mean())
     print(f"beats the gene mean on {beats_mean:.2f}; median r {hidden['pearson'].median():.3f}")
-    # measured (300 most detected genes): 0.83 beat the gene mean, median Pearson 0.19;
-    # the whole-cell prediction is weak but cell-specific
-    assert beats_mean > 0.6
-    assert hidden["pearson"].median() > 0.1
+    # measured (100 most detected genes): 0.94 beat the gene mean, median Pearson 0.44
+    assert beats_mean > 0.75
+    assert hidden["pearson"].median() > 0.3
     visible = scexceiver.tl.reconstruction_quality(model, genes[:5], hide=False)
     np.testing.assert_allclose(visible["gene_mean_mse"], hidden["gene_mean_mse"][:5])
     assert not np.allclose(visible["mse"], hidden["mse"][:5])

@@ -92,7 +92,7 @@ def test_sparse_path_never_builds_a_cells_by_genes_tensor(pbmc_small):
 
 
 def test_loss_is_mse_over_valid_queries_and_masked_genes_are_hidden(pbmc_small):
-    module = _module(pbmc_small)
+    module = _module(pbmc_small, loss_space="standardised")
     tokens = tokenize_counts(pbmc_small.X[:32])
     g = torch.Generator().manual_seed(0)
     inference, generative, loss = module(tokens, inference_kwargs={"generator": g})
@@ -109,6 +109,28 @@ def test_loss_is_mse_over_valid_queries_and_masked_genes_are_hidden(pbmc_small):
     assert not visible.any()
     # targets of masked genes are the processed values of expressed genes
     assert torch.all(target[inference["query_masked"]] > 1 - module.normalizer.mean[:-1].max())
+
+
+def test_log_loss_space_weights_each_gene_by_its_log_variance(pbmc_small):
+    module = _module(pbmc_small, loss_space="log")
+    tokens = tokenize_counts(pbmc_small.X[:32])
+    g = torch.Generator().manual_seed(0)
+    inference, generative, loss = module(tokens, inference_kwargs={"generator": g})
+    std = module.normalizer.std[:-1]
+    weight = (std / std.square().mean().sqrt()).square()
+    assert weight.mean().item() == pytest.approx(1.0)
+    valid, query = inference["query_valid"], inference["query_idx"]
+    sq_err = (generative["prediction"] - inference["target"]) ** 2
+    # the error in log1p(CP10k) units is the standardised error times the gene's variance
+    expected = (sq_err * weight[query])[valid].mean()
+    torch.testing.assert_close(loss.loss, expected)
+    masked = inference["query_masked"]
+    torch.testing.assert_close(loss.extra_metrics["masked_mse"], sq_err[masked].mean())
+    # genes weigh differently: the most variable queried gene far above the least
+    queried = weight[query[valid]]
+    assert queried.max() > 10 * queried.min()
+    with pytest.raises(ValueError, match="loss_space"):
+        ExceiverModule(10, loss_space="counts")
 
 
 def test_random_queries_follow_the_variance_weights(pbmc_small):

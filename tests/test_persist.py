@@ -9,6 +9,7 @@ import scvi
 
 from scexceiver import ExceiverModel
 from scexceiver.model import _persist
+from scexceiver.model._presets import PRESETS, resolve_preset
 
 TINY = {"n_latents": 4, "dim": 8, "n_layers": 1, "ff_dim": 16, "head_hidden": 8, "heads": 2}
 
@@ -48,7 +49,7 @@ def test_folder_holds_safetensors_and_json_only(tiny, tmp_path):
     assert metadata["format_version"] == _persist.FORMAT_VERSION
     assert metadata["gene_vocabulary"] == list(model.gene_vocabulary_.keys)
     assert metadata["preset"] == "default" and metadata["scvi_tools_version"] == scvi.__version__
-    assert metadata["init_params"]["kwargs"]["model_kwargs"] == TINY
+    assert metadata["init_params"]["kwargs"]["model_kwargs"] == resolve_preset("default", **TINY)
 
 
 def test_round_trip_with_and_without_anndata(tiny, tmp_path):
@@ -74,6 +75,21 @@ def test_round_trip_with_and_without_anndata(tiny, tmp_path):
     restored = ExceiverModel.load(tmp_path / "with_data")
     assert restored.adata.shape == adata.shape
     np.testing.assert_array_equal(restored.get_latent_representation(), z)
+
+
+def test_a_saved_model_keeps_its_configuration_when_a_preset_changes(tiny, tmp_path, monkeypatch):
+    model, adata = tiny
+    assert model.init_params_["kwargs"]["model_kwargs"] == resolve_preset("default", **TINY)
+    model.save(tmp_path / "m")
+    # a later release changes the default preset: the saved model must load as trained
+    monkeypatch.setitem(PRESETS["default"], "loss_space", "standardised")
+    monkeypatch.setitem(PRESETS["default"], "n_visible_queries", 7)
+    loaded = ExceiverModel.load(tmp_path / "m", adata=adata)
+    assert loaded.module.loss_space == model.module.loss_space == "log"
+    assert loaded.module.n_visible_queries == model.module.n_visible_queries == 128
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
 
 
 def test_json_encoding_restores_registry_values_exactly():

@@ -103,6 +103,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         super().__init__(adata, registry=registry)
         config = resolve_preset(preset, **model_kwargs)
         self.preset = preset
+        self._config = config
         self.gene_vocabulary_ = GeneVocabulary.from_keys(
             self._gene_keys(self.adata) if gene_vocabulary is None else gene_vocabulary
         )
@@ -117,11 +118,21 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             f"{config['n_latents']} latents x {config['dim']}, {config['n_layers']} layers, "
             f"{config['token_mode']} tokens, {n_params:,} trainable parameters."
         )
-        self.init_params_ = self._get_init_params(locals())
+        self.init_params_ = self._resolved_init_params(locals())
 
     def _module_kwargs(self, config: dict) -> dict:
         """Keyword arguments of the module beyond the vocabulary and batch sizes."""
         return config
+
+    def _resolved_init_params(self, local_vars: dict) -> dict:
+        """Init parameters with the preset resolved into every module argument.
+
+        Saved models record the whole configuration, so a later change to a preset's
+        defaults never changes how an existing model loads.
+        """
+        params = self._get_init_params(local_vars)
+        params["kwargs"]["model_kwargs"] = dict(self._config)
+        return params
 
     @classmethod
     def setup_anndata(
@@ -818,26 +829,41 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         dict
             ``masked_mse`` of the model, ``gene_mean_mse`` of a baseline predicting each
             masked gene's mean processed value over training cells where it is detected
-            (where the model's output bias starts), and ``n_masked`` genes scored.
+            (where the model's output bias starts), both in processed (per-gene
+            standardised) units; ``masked_mse_log`` and ``gene_mean_mse_log``, the same
+            errors in ``log1p(CP10k)`` units (each gene's squared error times its
+            variance), where highly variable genes count most; and ``n_masked`` genes
+            scored.
         """
         _, loader = self._inference_loader(adata, indices, batch_size)
         device = next(self.module.parameters()).device
-        sq_model = sq_mean = n = 0.0
+        sums = dict.fromkeys(("model", "mean", "model_log", "mean_log"), 0.0)
+        n = 0.0
         baseline = self.module.gene_expressed_mean
+        variance = self.module.normalizer.std.square()
         for i, tensors in enumerate(loader):
             generator = torch.Generator(device=device).manual_seed(seed + i)
             inference_outputs, generative_outputs = self.module(
                 tensors, inference_kwargs={"generator": generator}, compute_loss=False
             )
             masked = inference_outputs["query_masked"]
+            genes = inference_outputs["query_idx"][masked]
             target = inference_outputs["target"][masked]
-            prediction = generative_outputs["prediction"].float()[masked]
-            sq_model += float(((prediction - target) ** 2).sum())
-            sq_mean += float(
-                ((baseline[inference_outputs["query_idx"][masked]] - target) ** 2).sum()
-            )
+            errors = {
+                "model": (generative_outputs["prediction"].float()[masked] - target) ** 2,
+                "mean": (baseline[genes] - target) ** 2,
+            }
+            for name, sq_err in errors.items():
+                sums[name] += float(sq_err.sum())
+                sums[f"{name}_log"] += float((sq_err * variance[genes]).sum())
             n += float(masked.sum())
-        return {"masked_mse": sq_model / n, "gene_mean_mse": sq_mean / n, "n_masked": int(n)}
+        return {
+            "masked_mse": sums["model"] / n,
+            "gene_mean_mse": sums["mean"] / n,
+            "masked_mse_log": sums["model_log"] / n,
+            "gene_mean_mse_log": sums["mean_log"] / n,
+            "n_masked": int(n),
+        }
 
 
 def _obs_table(adata, modality: str | None) -> pd.DataFrame:

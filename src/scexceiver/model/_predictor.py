@@ -87,7 +87,7 @@ class ExceiverPredictor(ExceiverModel):
             **model_kwargs,
         )
         self._model_summary_string += f" Predicts {task} ({self.module.n_classes} outputs)."
-        self.init_params_ = self._get_init_params(locals())
+        self.init_params_ = self._resolved_init_params(locals())
 
     def _module_kwargs(self, config: dict) -> dict:
         n_classes = len(self.classes) if self.task == "classification" else 1

@@ -16,6 +16,7 @@ PAPER: dict[str, Any] = {
     "query_sampling": "uniform",
     "readout": "flatten",
     "max_genes": None,
+    "loss_space": "standardised",
     "n_latents": 128,
     "dim": 4,
     "n_layers": 8,
@@ -38,7 +39,8 @@ PAPER: dict[str, Any] = {
 #: (DESIGN.md section 6, benchmarks/results/): sparse tokens, value-scaled tokens with
 #: no LayerNorm to cancel the value, whole-cell decoding with typed queries, batch and
 #: library size in the decoder, a per-gene output bias at the gene mean, small initial
-#: embeddings and pre-norm layers.
+#: embeddings, pre-norm layers, and the squared error in log1p(CP10k) units (genes
+#: weighted by their variance rather than all equal after standardisation).
 DEFAULT: dict[str, Any] = {
     "token_mode": "sparse",
     "dense_mask": "boolean",
@@ -48,6 +50,7 @@ DEFAULT: dict[str, Any] = {
     "query_sampling": "variance",
     "readout": "flatten",
     "max_genes": None,
+    "loss_space": "log",
     "n_latents": 16,
     "dim": 64,
     "n_layers": 2,

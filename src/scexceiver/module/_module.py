@@ -61,6 +61,12 @@ class ExceiverModule(BaseModuleClass):
         Encode at most this many expressed genes per cell, its highest counts (sparse
         mode; ``None``: all). Bounds the cost of deeply sequenced cells; the library size
         and the whole-cell decoding targets still use every gene.
+    loss_space
+        Units of the squared error. ``"standardised"``: per-gene z-scores, so every gene
+        weighs the same however little it varies. ``"log"``: ``log1p(CP10k)`` units,
+        i.e. each gene's error weighted by its variance (normalised to mean weight 1
+        over the panel), as PCA of unscaled log data weighs genes. Predictions are
+        processed values either way.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -78,6 +84,7 @@ class ExceiverModule(BaseModuleClass):
         query_sampling: Literal["uniform", "variance"] = "uniform",
         readout: Literal["flatten", "mean"] = "flatten",
         max_genes: int | None = None,
+        loss_space: Literal["standardised", "log"] = "standardised",
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -91,6 +98,8 @@ class ExceiverModule(BaseModuleClass):
             )
         if readout not in ("flatten", "mean"):
             raise ValueError(f"readout must be 'flatten' or 'mean', got {readout!r}.")
+        if loss_space not in ("standardised", "log"):
+            raise ValueError(f"loss_space must be 'standardised' or 'log', got {loss_space!r}.")
         if token_mode == "dense" and (n_visible_queries or n_random_queries):
             raise ValueError("Whole-cell decoding queries need token_mode='sparse'.")
         if max_genes is not None and (token_mode == "dense" or max_genes < 1):
@@ -107,6 +116,7 @@ class ExceiverModule(BaseModuleClass):
         self.query_sampling = query_sampling
         self.readout = readout
         self.max_genes = max_genes
+        self.loss_space = loss_space
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         self.normalizer = ExpressionNormalizer(n_genes)
         self.register_buffer("n_mask", torch.tensor(0))
@@ -340,19 +350,36 @@ class ExceiverModule(BaseModuleClass):
         return {"prediction": prediction}
 
     def loss(self, tensors: dict, inference_outputs: dict, generative_outputs: dict) -> LossOutput:
-        """Mean squared error of the predicted processed values over all valid queries."""
+        """Mean squared error of the predicted processed values over all valid queries.
+
+        With ``loss_space="log"`` each query's error is weighted by its gene's weight (see
+        :meth:`gene_loss_weights`); ``masked_mse`` is always the unweighted error on
+        processed values of the masked genes.
+        """
         valid = inference_outputs["query_valid"].float()
         masked = inference_outputs["query_masked"].float()
         sq_err = (generative_outputs["prediction"].float() - inference_outputs["target"]) ** 2
+        masked_mse = (sq_err * masked).sum() / masked.sum().clamp(min=1)
+        if self.loss_space == "log":
+            sq_err = sq_err * self.gene_loss_weights()[inference_outputs["query_idx"]]
         per_cell = (sq_err * valid).sum(1) / valid.sum(1).clamp(min=1)
         loss = (sq_err * valid).sum() / valid.sum().clamp(min=1)
-        masked_mse = (sq_err * masked).sum() / masked.sum().clamp(min=1)
         return LossOutput(
             loss=loss,
             reconstruction_loss=per_cell,
             n_obs_minibatch=valid.shape[0],
             extra_metrics={"masked_mse": masked_mse.detach(), "n_masked": masked.sum().detach()},
         )
+
+    def gene_loss_weights(self) -> torch.Tensor:
+        """Per-gene weights (n_genes + 1,) of the ``"log"`` loss: variance of ``log1p(CP10k)``.
+
+        Normalised to mean 1 over the panel's genes; the padding entry weighs 0.
+        """
+        variance = self.normalizer.std.float().square()
+        variance = variance / variance[: self.n_genes].mean().clamp(min=1e-12)
+        variance[self.n_genes] = 0.0
+        return variance
 
     def embed(self, latents: torch.Tensor) -> torch.Tensor:
         """Cell embedding from latents (b, K, dim) with the configured readout."""
