@@ -15,6 +15,7 @@ def _network(n_genes, preset, **overrides):
         "query_sampling",
         "readout",
         "max_genes",
+        "loss_space",
     }
     config = {k: v for k, v in {**preset, **overrides}.items() if k not in module_only}
     return Exceiver(n_genes, **config)
