@@ -64,9 +64,9 @@ class ExceiverModule(BaseModuleClass):
     loss_space
         Units of the squared error. ``"standardised"``: per-gene z-scores, so every gene
         weighs the same however little it varies. ``"log"``: ``log1p(CP10k)`` units,
-        i.e. each gene's error weighted by its variance (normalised to mean weight 1
-        over the panel), as PCA of unscaled log data weighs genes. Predictions are
-        processed values either way.
+        i.e. each gene's error weighted by its variance (see :meth:`gene_loss_weights`),
+        as PCA of unscaled log data weighs genes. Predictions are processed values
+        either way.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -372,9 +372,13 @@ class ExceiverModule(BaseModuleClass):
         )
 
     def gene_loss_weights(self) -> torch.Tensor:
-        """Per-gene weights (n_genes + 1,) of the ``"log"`` loss: variance of ``log1p(CP10k)``.
+        """Per-gene weights (n_genes + 1,) of the ``"log"`` loss.
 
-        Normalised to mean 1 over the panel's genes; the padding entry weighs 0.
+        Each gene's stored variance of ``log1p(CP10k)`` over training cells divided by
+        its mean over the panel, so the weights average 1 and the loss keeps the scale
+        of the standardised one. A gene never detected in training stores variance 1
+        (its standard deviation 0 is stored as 1); its target is constant and
+        ``query_sampling="variance"`` never queries it. The padding entry weighs 0.
         """
         variance = self.normalizer.std.float().square()
         variance = variance / variance[: self.n_genes].mean().clamp(min=1e-12)
