@@ -30,6 +30,8 @@ CONFIGS = {
     "latents32": {"n_latents": 32},
     "layers4": {"n_layers": 4},
     "standardised_loss": {"loss_space": "standardised"},
+    "mask30": {"mask_fraction": 0.3},
+    "mask50": {"mask_fraction": 0.5},
 }
 
 
@@ -64,6 +66,12 @@ def main() -> None:
             zs = (z - z.mean(0)) / (z.std(0) + 1e-6)
             knn = scexceiver.tl.knn_label_accuracy(z, labels)
             knn_std = scexceiver.tl.knn_label_accuracy(zs, labels)
+            # the mean-pooled readout of the same latents (the K latents averaged)
+            if model.module.readout == "flatten":
+                latents = z.reshape(len(z), model.module.network.latents.shape[0], -1)
+                knn_mean = scexceiver.tl.knn_label_accuracy(latents.mean(1), labels)
+            else:
+                knn_mean = knn
             rec = model.get_reconstruction_error(indices=model.validation_indices)
             log_library = np.log1p(np.asarray(adata.X.sum(1)).ravel())
             pcs = np.linalg.svd(zs - zs.mean(0), full_matrices=False)[0][:, :5]
@@ -77,6 +85,7 @@ def main() -> None:
                 "knn_accuracy": round(knn["accuracy"], 4),
                 "knn_macro_f1": round(knn["macro_f1"], 4),
                 "knn_macro_f1_standardised": round(knn_std["macro_f1"], 4),
+                "knn_macro_f1_mean_readout": round(knn_mean["macro_f1"], 4),
                 "masked_mse": round(rec["masked_mse"], 4),
                 "depth_corr_top5_pcs": round(float(depth_corr), 3),
                 "gene_mean_mse": round(rec["gene_mean_mse"], 4),
@@ -93,6 +102,7 @@ def main() -> None:
         "knn_accuracy": "kNN acc",
         "knn_macro_f1": "kNN F1",
         "knn_macro_f1_standardised": "F1 std",
+        "knn_macro_f1_mean_readout": "F1 mean",
         "masked_mse": "MSE",
         "gene_mean_mse": "mean MSE",
         "masked_mse_log": "log MSE",

@@ -23,7 +23,7 @@ def test_demo_writes_results_pictures_and_model(tmp_path):
     assert adata.varm["exceiver_gene_embedding"].shape == (32738, 64)
     report = json.loads((out / "report.json").read_text())
     assert 0 < report["knn_accuracy_pca"] <= 1
-    assert report["validation_masked_mse"] > 0
+    assert report["validation_masked_mse"] > 0 and report["validation_masked_mse_log"] > 0
     assert "PCA on HVGs" in (out / "report.txt").read_text()
 
 
