@@ -27,7 +27,9 @@ def pbmc(accelerator: str = "auto", device: int | str = "auto") -> ExceiverModel
     The model was trained by ``scripts/make_pretrained.py`` (in the scexceiver
     repository) on every cell of the 10x PBMC 3k data and of the Kang et al. (2018)
     control and IFN-beta stimulated PBMCs (16,699 cells), on the 14,030 gene symbols
-    measured in both panels, for 20 epochs on a CPU. Its vocabulary is gene symbols, so
+    measured in both panels, for 20 epochs on a CPU, with the squared error on
+    standardised values (``loss_space="standardised"``, the default preset's loss at
+    the time, recorded in the model). Its vocabulary is gene symbols, so
     query data must have symbols in ``var_names`` (or pass their ``var`` column as
     ``gene_key`` when setting up the query). :func:`pbmc_card` gives the exact command,
     the data provenance and the validation metrics.
