@@ -375,8 +375,8 @@ class ExceiverModule(BaseModuleClass):
         """Per-gene weights (n_genes + 1,) of the ``"log"`` loss.
 
         Each gene's stored variance of ``log1p(CP10k)`` over training cells divided by
-        its mean over the panel, so the weights average 1 and the loss keeps the scale
-        of the standardised one. A gene never detected in training stores variance 1
+        its mean over the panel, so the weights average 1 over the panel's genes. A
+        gene never detected in training stores variance 1
         (its standard deviation 0 is stored as 1); its target is constant and
         ``query_sampling="variance"`` never queries it. The padding entry weighs 0.
         """
