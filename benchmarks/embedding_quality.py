@@ -18,7 +18,8 @@ truth):
 Genes detected in fewer than 3 cells are dropped. Methods: PCA (50 components) on
 2,000 HVGs of log CP10k, scaled; scVI (scvi-tools defaults, 10 latent dimensions) on
 the same HVGs' counts with the batch; ExceiverModel ``default`` and ``paper`` presets on
-all kept genes with the batch (``--variant key=value`` adds default-preset variants).
+all kept genes with the batch (``--variant key=value`` adds default-preset variants;
+the variant key ``genes=hvg`` trains Exceiver on scVI's HVGs instead).
 Training budget: every neural model gets the same wall-time cap (``--minutes``,
 Lightning ``max_time``); scVI otherwise trains for its default epoch count, Exceiver
 for up to ``--epochs``. Epochs actually run and seconds are reported.
@@ -183,7 +184,11 @@ def train_exceiver(
     adata: ad.AnnData, seed: int, max_time: timedelta, epochs: int, preset: str, overrides: dict
 ) -> tuple[np.ndarray, dict]:
     scvi.settings.seed = seed
-    work = adata.copy()
+    overrides = dict(overrides)
+    genes = overrides.pop("genes", "all")
+    if genes not in ("all", "hvg"):
+        raise ValueError(f"genes must be 'all' or 'hvg', got {genes!r}.")
+    work = adata[:, adata.var["highly_variable"]].copy() if genes == "hvg" else adata.copy()
     scexceiver.ExceiverModel.setup_anndata(work, batch_key="batch")
     model = scexceiver.ExceiverModel(work, preset=preset, **overrides)
     start = time.perf_counter()
@@ -280,6 +285,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="wall-time cap per model")
     parser.add_argument("--epochs", type=int, default=200, help="Exceiver epoch cap")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper preset")
+    parser.add_argument("--no-default", action="store_true", help="variants only")
+    parser.add_argument("--no-scvi", action="store_true", help="skip scVI (exploring variants)")
     parser.add_argument("--no-scib", action="store_true", help="kNN macro-F1 only")
     parser.add_argument("--variant", action="append", default=[], help="e.g. readout=mean")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -292,6 +299,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     max_time = timedelta(minutes=args.minutes)
     methods = {"Exceiver default": {}} | parse_variants(args.variant)
+    if args.no_default:
+        methods.pop("Exceiver default")
 
     loaders = {
         "kang": lambda: load_kang(args.kang_cells, 0),
@@ -311,9 +320,10 @@ def main() -> None:
         )
         runs = {"PCA": {"seed": None}}
         for seed in args.seeds:
-            z, info = train_scvi(adata, seed, max_time)
-            adata.obsm[f"scVI s{seed}"] = z
-            runs[f"scVI s{seed}"] = {"seed": seed, **info}
+            if not args.no_scvi:
+                z, info = train_scvi(adata, seed, max_time)
+                adata.obsm[f"scVI s{seed}"] = z
+                runs[f"scVI s{seed}"] = {"seed": seed, **info}
             jobs = [(label, "default", overrides) for label, overrides in methods.items()]
             if not args.no_paper:
                 jobs.append(("Exceiver paper", "paper", {}))
@@ -356,7 +366,11 @@ def main() -> None:
         }
         report(rows, setup, out)  # after every dataset, so a cut-short run keeps results
 
-    shown = ["scVI", *methods] + ([] if args.no_paper else ["Exceiver paper"])
+    shown = (
+        ([] if args.no_scvi else ["scVI"])
+        + list(methods)
+        + ([] if args.no_paper else ["Exceiver paper"])
+    )
     umap_keys = ["PCA"] + [f"{m} s{args.seeds[0]}" for m in shown]
     umap_panel(prepared, umap_keys, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from scvi import REGISTRY_KEYS
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from scexceiver.data import gene_statistics, tokenize_counts
@@ -131,6 +133,41 @@ def test_log_loss_space_weights_each_gene_by_its_log_variance(pbmc_small):
     assert queried.max() > 10 * queried.min()
     with pytest.raises(ValueError, match="loss_space"):
         ExceiverModule(10, loss_space="counts")
+
+
+def test_batch_adversary_trains_classifier_and_encoder_apart_and_leaves_the_loss(pbmc_small):
+    torch.manual_seed(0)
+    module = ExceiverModule(pbmc_small.n_vars, 2, **resolve_preset("default", batch_adversary=0.5))
+    module.fit_statistics(gene_statistics(pbmc_small.X))
+    tokens = tokenize_counts(pbmc_small.X[:32])
+    batch = (torch.arange(32) % 2).view(-1, 1)
+    tokens[REGISTRY_KEYS.BATCH_KEY] = batch
+    inference, generative, out = module(
+        tokens, inference_kwargs={"generator": torch.Generator().manual_seed(0)}
+    )
+    adversary, module.adversary = module.adversary, None
+    recon = module.loss(tokens, inference, generative)
+    module.adversary = adversary
+    # the reported loss is the reconstruction error; the cross-entropy is a metric
+    torch.testing.assert_close(out.loss, recon.loss)
+    logits = adversary.classifier(module.embed(inference["latents"]))
+    ce = F.cross_entropy(logits, batch.view(-1))
+    torch.testing.assert_close(out.extra_metrics["batch_adversary_ce"], ce.detach())
+    # the classifier descends the cross-entropy on the true batches; the encoder descends
+    # 0.5 x the cross-entropy against uniform, without moving the classifier
+    uniform = -logits.log_softmax(-1).mean()
+    head, latents = adversary.classifier[-1].weight, module.network.latents
+    total = torch.autograd.grad(out.loss, [head, latents], retain_graph=True)
+    rec = torch.autograd.grad(recon.loss, latents, retain_graph=True)[0]
+    torch.testing.assert_close(total[0], torch.autograd.grad(ce, head, retain_graph=True)[0])
+    confusion = torch.autograd.grad(uniform, latents)[0]
+    torch.testing.assert_close(total[1], rec + 0.5 * confusion)
+    assert confusion.abs().max() > 0
+    # one batch, or a zero weight: no adversary
+    assert ExceiverModule(10, 1, batch_adversary=1.0).adversary is None
+    assert ExceiverModule(10, 3).adversary is None
+    with pytest.raises(ValueError, match="batch_adversary"):
+        ExceiverModule(10, 2, batch_adversary=-1.0)
 
 
 def test_random_queries_follow_the_variance_weights(pbmc_small):

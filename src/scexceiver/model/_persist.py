@@ -31,6 +31,7 @@ from scvi.model._utils import parse_device_args
 
 from scexceiver.data import GeneVocabulary
 from scexceiver.data._validate import registered_gene_keys
+from scexceiver.model._presets import ADDED_ARGUMENTS
 
 FORMAT = "scexceiver-model"
 #: Bumped when a saved folder changes in a way older readers cannot load.
@@ -103,6 +104,8 @@ def load_model(cls, dir_path: str | Path, adata=None, *, accelerator: str, devic
         setup(adata, source_registry=registry, **registry["setup_args"])
     init_params = from_json(metadata["init_params"])
     kwargs = {k: v for group in init_params["kwargs"].values() for k, v in group.items()}
+    if "model_kwargs" in init_params["kwargs"]:  # a saved configuration lacks newer arguments
+        kwargs = {**ADDED_ARGUMENTS, **kwargs}
     non_kwargs = {**init_params["non_kwargs"], "gene_vocabulary": list(vocabulary.keys)}
     model = cls(adata, registry=registry if adata is None else None, **non_kwargs, **kwargs)
     for name, value in from_json(metadata["attributes"]).items():

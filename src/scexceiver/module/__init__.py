@@ -1,5 +1,6 @@
 """Pure torch building blocks of Exceiver (no AnnData, no model classes)."""
 
+from ._adversary import BatchAdversary
 from ._attention import Attention, CrossAttentionBlock
 from ._exceiver import Exceiver
 from ._freeze import freeze_reference
@@ -11,6 +12,7 @@ from ._select import keep_top_genes
 
 __all__ = [
     "Attention",
+    "BatchAdversary",
     "CrossAttentionBlock",
     "Exceiver",
     "ExceiverModule",

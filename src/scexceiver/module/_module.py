@@ -10,6 +10,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, MEASURED_GENES, TOKEN_MASK
 
+from ._adversary import BatchAdversary
 from ._exceiver import Exceiver
 from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
 from ._normalize import ExpressionNormalizer
@@ -67,6 +68,12 @@ class ExceiverModule(BaseModuleClass):
         i.e. each gene's error weighted by its variance (see :meth:`gene_loss_weights`),
         as PCA of unscaled log data weighs genes. Predictions are processed values
         either way.
+    batch_adversary
+        Weight of an adversarial batch classifier on the cell embedding (see
+        :class:`~scexceiver.module.BatchAdversary`): the encoder learns to make the
+        classifier's batch prediction uniform, with this weight, which pushes batch
+        identity out of the embedding. ``0`` disables it; it needs ``n_batch > 1``. The
+        reported loss is the reconstruction error either way.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -85,6 +92,7 @@ class ExceiverModule(BaseModuleClass):
         readout: Literal["flatten", "mean"] = "flatten",
         max_genes: int | None = None,
         loss_space: Literal["standardised", "log"] = "standardised",
+        batch_adversary: float = 0.0,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -117,7 +125,17 @@ class ExceiverModule(BaseModuleClass):
         self.readout = readout
         self.max_genes = max_genes
         self.loss_space = loss_space
+        if batch_adversary < 0:
+            raise ValueError(f"batch_adversary must be >= 0, got {batch_adversary}.")
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
+        n_latents, dim = self.network.latents.shape
+        self.adversary = (
+            BatchAdversary(
+                n_latents * dim if readout == "flatten" else dim, n_batch, batch_adversary
+            )
+            if batch_adversary > 0 and n_batch > 1
+            else None
+        )
         self.normalizer = ExpressionNormalizer(n_genes)
         self.register_buffer("n_mask", torch.tensor(0))
         self.register_buffer("gene_expressed_mean", torch.ones(n_genes + 1))
@@ -354,7 +372,10 @@ class ExceiverModule(BaseModuleClass):
 
         With ``loss_space="log"`` each query's error is weighted by its gene's weight (see
         :meth:`gene_loss_weights`); ``masked_mse`` is always the unweighted error on
-        processed values of the masked genes.
+        processed values of the masked genes. With a batch adversary the loss's gradient
+        also carries the adversary's two losses, but its value stays the reconstruction error
+        (comparable across models and epochs, and what early stopping watches); the
+        classifier's cross-entropy is reported as ``batch_adversary_ce``.
         """
         valid = inference_outputs["query_valid"].float()
         masked = inference_outputs["query_masked"].float()
@@ -364,11 +385,19 @@ class ExceiverModule(BaseModuleClass):
             sq_err = sq_err * self.gene_loss_weights()[inference_outputs["query_idx"]]
         per_cell = (sq_err * valid).sum(1) / valid.sum(1).clamp(min=1)
         loss = (sq_err * valid).sum() / valid.sum().clamp(min=1)
+        metrics = {"masked_mse": masked_mse.detach(), "n_masked": masked.sum().detach()}
+        if self.adversary is not None:
+            batch_ce, confusion = self.adversary(
+                self.embed(inference_outputs["latents"]), tensors[REGISTRY_KEYS.BATCH_KEY]
+            )
+            adversarial = batch_ce + confusion
+            loss = loss + (adversarial - adversarial.detach())
+            metrics["batch_adversary_ce"] = batch_ce.detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss=per_cell,
             n_obs_minibatch=valid.shape[0],
-            extra_metrics={"masked_mse": masked_mse.detach(), "n_masked": masked.sum().detach()},
+            extra_metrics=metrics,
         )
 
     def gene_loss_weights(self) -> torch.Tensor:

@@ -76,6 +76,8 @@ class ExceiverTrainingPlan(TrainingPlan):
             f"{mode}_loss": loss_output.loss,
             f"masked_mse_{mode}": loss_output.extra_metrics["masked_mse"],
         }
+        if "batch_adversary_ce" in loss_output.extra_metrics:
+            metrics[f"batch_adversary_ce_{mode}"] = loss_output.extra_metrics["batch_adversary_ce"]
         self.log_dict(
             metrics,
             on_step=False,
