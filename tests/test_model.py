@@ -127,6 +127,12 @@ def test_batch_key_conditions_the_decoder(pbmc_small):
     model.train(max_epochs=1)
     encoder = ExceiverModel(adata, batch_injection="encoder")
     assert encoder.module.network.batch_injection == "encoder"
+    unbatched = pbmc_small.copy()
+    ExceiverModel.setup_anndata(unbatched)
+    with pytest.raises(
+        ValueError, match="set up the AnnData with a batch_key of two or more batches"
+    ):
+        ExceiverModel(unbatched, batch_adversary=0.3)
 
 
 def test_gene_key_defines_the_vocabulary(pbmc_small):

@@ -72,7 +72,7 @@ class ExceiverModule(BaseModuleClass):
         Weight of an adversarial batch classifier on the cell embedding (see
         :class:`~scexceiver.module.BatchAdversary`): the encoder learns to make the
         classifier's batch prediction uniform, with this weight, which pushes batch
-        identity out of the embedding. ``0`` disables it; it needs ``n_batch > 1``. The
+        identity out of the embedding. ``0`` disables it; it needs ``n_batch >= 2``. The
         reported loss is the reconstruction error either way.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
@@ -127,13 +127,19 @@ class ExceiverModule(BaseModuleClass):
         self.loss_space = loss_space
         if batch_adversary < 0:
             raise ValueError(f"batch_adversary must be >= 0, got {batch_adversary}.")
+        if batch_adversary > 0 and n_batch < 2:
+            raise ValueError(
+                f"batch_adversary={batch_adversary} needs at least two batches, got "
+                f"{n_batch}: set up the AnnData with a batch_key of two or more batches, "
+                "or leave batch_adversary=0."
+            )
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         n_latents, dim = self.network.latents.shape
         self.adversary = (
             BatchAdversary(
                 n_latents * dim if readout == "flatten" else dim, n_batch, batch_adversary
             )
-            if batch_adversary > 0 and n_batch > 1
+            if batch_adversary > 0
             else None
         )
         self.normalizer = ExpressionNormalizer(n_genes)
