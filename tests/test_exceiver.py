@@ -1,22 +1,16 @@
+import inspect
+
 import pytest
 import torch
 
 from scexceiver.model._presets import DEFAULT, PAPER
-from scexceiver.module import Exceiver
+from scexceiver.module import Exceiver, ExceiverModule
 
 
 def _network(n_genes, preset, **overrides):
-    module_only = {
-        "token_mode",
-        "dense_mask",
-        "mask_fraction",
-        "n_visible_queries",
-        "n_random_queries",
-        "query_sampling",
-        "readout",
-        "max_genes",
-        "loss_space",
-    }
+    # the preset's keys that ExceiverModule takes itself; the rest configure the network
+    shared = {"n_genes", "n_batch", "network_kwargs"}
+    module_only = set(inspect.signature(ExceiverModule).parameters) - shared
     config = {k: v for k, v in {**preset, **overrides}.items() if k not in module_only}
     return Exceiver(n_genes, **config)
 
