@@ -349,6 +349,7 @@ def main() -> None:
                 **info,
                 "knn_macro_f1": knn["macro_f1"],
                 "knn_accuracy": knn["accuracy"],
+                "knn_f1_per_label": knn["f1_per_label"],
             }
             if scib is not None:
                 row.update(

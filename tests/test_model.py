@@ -43,6 +43,9 @@ def test_embeddings_separate_cell_types(trained):
     )
     # measured: 0.803 (PCA 0.927, majority 0.430) after 12 epochs
     assert knn["accuracy"] > knn["majority"] + 0.3
+    assert set(knn["f1_per_label"]) == set(labels.astype(str))
+    np.testing.assert_allclose(np.mean(list(knn["f1_per_label"].values())), knn["macro_f1"])
+    assert min(knn["f1_per_label"].values()) < knn["macro_f1"] < max(knn["f1_per_label"].values())
     # shuffled labels sit at chance: the metric can fail
     shuffled = scexceiver.tl.knn_label_accuracy(z, np.random.default_rng(0).permutation(labels))
     assert shuffled["accuracy"] < knn["majority"] + 0.05

@@ -168,6 +168,49 @@ def test_batch_adversary_trains_classifier_and_encoder_apart_and_leaves_the_loss
         ExceiverModule(10, 2, batch_adversary=-1.0)
 
 
+def test_gaussian_latents_sample_in_training_price_dimensions_and_leave_the_loss(pbmc_small):
+    module = _module(pbmc_small, latent_kl=0.2)
+    tokens = tokenize_counts(pbmc_small.X[:32])
+    module.train()
+    inference, generative, out = module(
+        tokens, inference_kwargs={"generator": torch.Generator().manual_seed(0)}
+    )
+    mean, sample = inference["latents"], inference["latent_sample"]
+    # the decoder reads a sample with the initial std exp(-4 / 2) around the mean
+    torch.testing.assert_close(
+        (sample - mean).std(), torch.tensor(np.exp(-2.0), dtype=torch.float32), rtol=0.05, atol=0
+    )
+    # KL per dimension: that of torch.distributions, averaged over the K x dim dimensions
+    log_var = module.bottleneck.log_var(mean)
+    posterior = torch.distributions.Normal(mean, (0.5 * log_var).exp())
+    prior = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    expected = torch.distributions.kl_divergence(posterior, prior).flatten(1).mean(1)
+    torch.testing.assert_close(inference["latent_kl"], expected)
+    torch.testing.assert_close(out.extra_metrics["latent_kl"], expected.mean().detach())
+    # the reported loss is the reconstruction error of the sampled latents; the gradient
+    # also carries 0.2 x the KL divergence
+    bottleneck, module.bottleneck = module.bottleneck, None
+    recon = module.loss(tokens, inference, generative)
+    module.bottleneck = bottleneck
+    torch.testing.assert_close(out.loss, recon.loss)
+    latents = module.network.latents
+    total = torch.autograd.grad(out.loss, latents, retain_graph=True)[0]
+    rec = torch.autograd.grad(recon.loss, latents, retain_graph=True)[0]
+    kl = torch.autograd.grad(expected.mean(), latents)[0]
+    assert kl.abs().max() > 0
+    torch.testing.assert_close(total, rec + 0.2 * kl)
+    # in evaluation the embedding is the mean, deterministic
+    module.eval()
+    with torch.no_grad():
+        first = module.inference(**module._get_inference_input(tokens), masking=False)
+        again = _latents(module, tokens)
+    torch.testing.assert_close(first["latent_sample"], first["latents"])
+    torch.testing.assert_close(again, first["latents"], rtol=0, atol=0)
+    assert _module(pbmc_small).bottleneck is None  # weight 0: deterministic latents
+    with pytest.raises(ValueError, match="latent_kl"):
+        ExceiverModule(10, latent_kl=-0.1)
+
+
 def test_random_queries_follow_the_variance_weights(pbmc_small):
     module = _module(pbmc_small)
     never = torch.nonzero(module.query_weights == 0).ravel()

@@ -92,18 +92,23 @@ def test_a_saved_model_keeps_its_configuration_when_a_preset_changes(tiny, tmp_p
     )
 
 
-def test_a_model_saved_before_an_argument_existed_loads_without_it(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("argument", "part"), [("batch_adversary", "adversary"), ("latent_kl", "bottleneck")]
+)
+def test_a_model_saved_before_an_argument_existed_loads_without_it(
+    tiny, tmp_path, monkeypatch, argument, part
+):
     model, adata = tiny
     model.save(tmp_path / "m")
     meta_path = tmp_path / "m" / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    del meta["init_params"]["kwargs"]["model_kwargs"]["batch_adversary"]  # an older release
+    del meta["init_params"]["kwargs"]["model_kwargs"][argument]  # an older release
     meta_path.write_text(json.dumps(meta))
-    # the preset now turns the adversary on; the old model has no classifier weights
-    monkeypatch.setitem(PRESETS["default"], "batch_adversary", 0.5)
-    assert ExceiverModel(adata, **TINY).module.adversary is not None
+    # the preset now turns the part on; the old model has no weights for it
+    monkeypatch.setitem(PRESETS["default"], argument, 0.5)
+    assert getattr(ExceiverModel(adata, **TINY).module, part) is not None
     loaded = ExceiverModel.load(tmp_path / "m", adata=adata)
-    assert loaded.module.adversary is None
+    assert getattr(loaded.module, part) is None
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation()
     )

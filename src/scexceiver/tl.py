@@ -28,7 +28,7 @@ def knn_label_accuracy(
     n_neighbors: int = 15,
     n_splits: int = 5,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | dict[str, float]]:
     """Cross-validated kNN classification of labels from an embedding.
 
     Parameters
@@ -47,8 +47,10 @@ def knn_label_accuracy(
     Returns
     -------
     dict
-        ``accuracy`` and ``macro_f1`` over held-out folds, and ``majority`` (the
-        accuracy of always predicting the most frequent label) as the chance level.
+        ``accuracy`` and ``macro_f1`` over held-out folds, ``majority`` (the accuracy of
+        always predicting the most frequent label) as the chance level, and
+        ``f1_per_label``: each label's F1 (their mean is ``macro_f1``), which shows a
+        small population the embedding loses however high the accuracy.
     """
     labels = np.asarray(labels)
     predicted = np.empty_like(labels)
@@ -56,11 +58,13 @@ def knn_label_accuracy(
     for train, test in folds.split(embedding, labels):
         knn = KNeighborsClassifier(n_neighbors=n_neighbors).fit(embedding[train], labels[train])
         predicted[test] = knn.predict(embedding[test])
-    _, counts = np.unique(labels, return_counts=True)
+    names, counts = np.unique(labels, return_counts=True)
+    per_label = f1_score(labels, predicted, labels=names, average=None)
     return {
         "accuracy": float(np.mean(predicted == labels)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro")),
+        "macro_f1": float(per_label.mean()),
         "majority": float(counts.max() / counts.sum()),
+        "f1_per_label": {str(n): float(f) for n, f in zip(names, per_label, strict=True)},
     }
 
 

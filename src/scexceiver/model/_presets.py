@@ -18,6 +18,7 @@ PAPER: dict[str, Any] = {
     "max_genes": None,
     "loss_space": "standardised",
     "batch_adversary": 0.0,
+    "latent_kl": 0.0,
     "n_latents": 128,
     "dim": 4,
     "n_layers": 8,
@@ -53,6 +54,7 @@ DEFAULT: dict[str, Any] = {
     "max_genes": None,
     "loss_space": "log",
     "batch_adversary": 0.0,
+    "latent_kl": 0.0,
     "n_latents": 16,
     "dim": 64,
     "n_layers": 2,
@@ -81,7 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER, "default": DEFAULT}
 
 #: Module arguments added after saved models began recording their whole configuration,
 #: with the value that reproduces a model saved before the argument existed.
-ADDED_ARGUMENTS: dict[str, Any] = {"batch_adversary": 0.0}
+ADDED_ARGUMENTS: dict[str, Any] = {"batch_adversary": 0.0, "latent_kl": 0.0}
 
 
 def resolve_preset(preset: str, **overrides: Any) -> dict[str, Any]:

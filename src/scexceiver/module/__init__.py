@@ -2,6 +2,7 @@
 
 from ._adversary import BatchAdversary
 from ._attention import Attention, CrossAttentionBlock
+from ._bottleneck import GaussianLatents
 from ._exceiver import Exceiver
 from ._freeze import freeze_reference
 from ._masking import draw_masked_tokens, lookup_counts
@@ -18,6 +19,7 @@ __all__ = [
     "ExceiverModule",
     "ExceiverPredictorModule",
     "ExpressionNormalizer",
+    "GaussianLatents",
     "draw_masked_tokens",
     "freeze_reference",
     "keep_top_genes",

@@ -11,6 +11,7 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scexceiver._constants import COUNTS, GENE_IDX, LIBRARY_SIZE, MEASURED_GENES, TOKEN_MASK
 
 from ._adversary import BatchAdversary
+from ._bottleneck import GaussianLatents
 from ._exceiver import Exceiver
 from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
 from ._normalize import ExpressionNormalizer
@@ -74,6 +75,13 @@ class ExceiverModule(BaseModuleClass):
         classifier's batch prediction uniform, with this weight, which pushes batch
         identity out of the embedding. ``0`` disables it; it needs ``n_batch >= 2``. The
         reported loss is the reconstruction error either way.
+    latent_kl
+        Weight of the KL divergence of Gaussian latents to a standard normal prior,
+        per latent dimension (see :class:`~scexceiver.module.GaussianLatents`): the
+        decoder reads sampled latents in training, so every dimension it uses has a
+        price, and what the decoder is given anyway (batch, library size) tends to
+        leave the embedding. ``0`` disables it (deterministic latents). The reported
+        loss is the reconstruction error either way.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -93,6 +101,7 @@ class ExceiverModule(BaseModuleClass):
         max_genes: int | None = None,
         loss_space: Literal["standardised", "log"] = "standardised",
         batch_adversary: float = 0.0,
+        latent_kl: float = 0.0,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -133,8 +142,12 @@ class ExceiverModule(BaseModuleClass):
                 f"{n_batch}: set up the AnnData with a batch_key of two or more batches, "
                 "or leave batch_adversary=0."
             )
+        if latent_kl < 0:
+            raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         n_latents, dim = self.network.latents.shape
+        self.latent_kl = latent_kl
+        self.bottleneck = GaussianLatents(dim) if latent_kl > 0 else None
         self.adversary = (
             BatchAdversary(
                 n_latents * dim if readout == "flatten" else dim, n_batch, batch_adversary
@@ -192,7 +205,7 @@ class ExceiverModule(BaseModuleClass):
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {
-            "latents": inference_outputs["latents"],
+            "latents": inference_outputs["latent_sample"],
             "query_idx": inference_outputs["query_idx"],
             "query_type": inference_outputs["query_type"],
             "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
@@ -245,10 +258,12 @@ class ExceiverModule(BaseModuleClass):
         Returns
         -------
         dict
-            ``latents`` (b, K, dim), ``weights``, the encoder's token ``gene_idx`` and
-            ``attn_mask``, the standardised log ``library`` size, and with masking the
-            decoder ``query_idx``, ``query_type``, ``target``, ``query_valid`` and
-            ``query_masked`` (b, m).
+            ``latents`` (b, K, dim), ``latent_sample`` (what the decoder reads: a sample
+            of Gaussian latents in training with ``latent_kl``, else ``latents``) and
+            ``latent_kl`` (b,) (``None`` without it), ``weights``, the encoder's token
+            ``gene_idx`` and ``attn_mask``, the standardised log ``library`` size, and
+            with masking the decoder ``query_idx``, ``query_type``, ``target``,
+            ``query_valid`` and ``query_masked`` (b, m).
         """
         all_tokens = (gene_idx, counts)
         if self.max_genes is not None:
@@ -291,8 +306,13 @@ class ExceiverModule(BaseModuleClass):
         latents, weights = self.network.encode(
             enc_idx, enc_values, attn_mask, batch_index, return_weights=return_weights
         )
+        sample, kl = latents, None
+        if self.bottleneck is not None:
+            sample, kl = self.bottleneck(latents, generator)
         out.update(
             latents=latents,
+            latent_sample=sample,
+            latent_kl=kl,
             weights=weights,
             gene_idx=enc_idx,
             attn_mask=attn_mask,
@@ -379,9 +399,11 @@ class ExceiverModule(BaseModuleClass):
         With ``loss_space="log"`` each query's error is weighted by its gene's weight (see
         :meth:`gene_loss_weights`); ``masked_mse`` is always the unweighted error on
         processed values of the masked genes. With a batch adversary the loss's gradient
-        also carries the adversary's two losses, but its value stays the reconstruction error
-        (comparable across models and epochs, and what early stopping watches); the
-        classifier's cross-entropy is reported as ``batch_adversary_ce``.
+        also carries the adversary's two losses, and with ``latent_kl`` the weighted KL
+        divergence, but its value stays the reconstruction error (comparable across
+        models and epochs, and what early stopping watches); the classifier's
+        cross-entropy is reported as ``batch_adversary_ce`` and the KL divergence per
+        latent dimension as ``latent_kl``.
         """
         valid = inference_outputs["query_valid"].float()
         masked = inference_outputs["query_masked"].float()
@@ -399,6 +421,10 @@ class ExceiverModule(BaseModuleClass):
             adversarial = batch_ce + confusion
             loss = loss + (adversarial - adversarial.detach())
             metrics["batch_adversary_ce"] = batch_ce.detach()
+        if self.bottleneck is not None:
+            kl = inference_outputs["latent_kl"].mean()
+            loss = loss + self.latent_kl * (kl - kl.detach())
+            metrics["latent_kl"] = kl.detach()
         return LossOutput(
             loss=loss,
             reconstruction_loss=per_cell,

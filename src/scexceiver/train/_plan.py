@@ -76,8 +76,9 @@ class ExceiverTrainingPlan(TrainingPlan):
             f"{mode}_loss": loss_output.loss,
             f"masked_mse_{mode}": loss_output.extra_metrics["masked_mse"],
         }
-        if "batch_adversary_ce" in loss_output.extra_metrics:
-            metrics[f"batch_adversary_ce_{mode}"] = loss_output.extra_metrics["batch_adversary_ce"]
+        for name in ("batch_adversary_ce", "latent_kl"):
+            if name in loss_output.extra_metrics:
+                metrics[f"{name}_{mode}"] = loss_output.extra_metrics[name]
         self.log_dict(
             metrics,
             on_step=False,
