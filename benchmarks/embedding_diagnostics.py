@@ -19,7 +19,8 @@ variants it reports:
 Usage::
 
     python benchmarks/embedding_diagnostics.py --dataset kang --epochs 30 --threads 1 \
-        --scvi-minutes 4 --variant latent_kl=3 --out benchmarks/results/diagnostics_kang.json
+        --scvi-minutes 4 --variant latent_kl=3 \
+        --out benchmarks/results/embedding_diagnostics_kang.json
 """
 
 from __future__ import annotations
@@ -120,10 +121,10 @@ def main() -> None:
         z, info = eq.train_exceiver(
             adata, args.seed, timedelta(hours=24), args.epochs, "default", overrides, "hvg"
         )
-        n_latents = resolve_preset("default", **overrides)["n_latents"]
+        config = resolve_preset("default", **overrides)
         row = {"method": name, **info, **diagnose(z, labels, batches)}
-        if z.shape[1] % n_latents == 0 and z.shape[1] > n_latents:
-            row["shared_across_latents"] = shared_across_latents(z, n_latents)
+        if config["readout"] == "flatten":
+            row["shared_across_latents"] = shared_across_latents(z, config["n_latents"])
         rows.append(row)
         print(f"  trained {name}: {info}", flush=True)
 
