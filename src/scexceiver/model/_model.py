@@ -23,6 +23,7 @@ from scexceiver.data import (
     ExceiverDataLoader,
     ExceiverDataSplitter,
     GeneOverlap,
+    GeneStatistics,
     GeneVocabulary,
     check_counts,
     check_obs_key,
@@ -669,6 +670,18 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         return result
 
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
+        stats = self._vocabulary_statistics(train_idx)
+        batch_stats = self._batch_statistics(train_idx) if self.module.batch_standardise else None
+        self.module.fit_statistics(stats, batch_stats)
+        logger.info(
+            "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
+            stats.n_cells,
+            stats.median_detected,
+            int(self.module.n_mask),
+        )
+
+    def _vocabulary_statistics(self, cells: np.ndarray) -> GeneStatistics:
+        """Gene statistics of the registered AnnData's ``cells``, on the vocabulary."""
         counts = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         lookup, _ = self._gene_lookup(self.adata)
         panels = None
@@ -678,19 +691,32 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             categories = self.adata_manager.get_state_registry(GENE_PANEL).categorical_mapping
             panels = (np.asarray(codes).ravel(), measured_table(self.adata, key, categories))
         if lookup is None:
-            stats = gene_statistics(counts, train_idx, panels=panels)
-        else:
-            genes = np.flatnonzero(lookup >= 0)
-            stats = gene_statistics(counts, train_idx, genes=genes, panels=panels).to_vocabulary(
-                lookup[genes], len(self.gene_vocabulary_)
-            )
-        self.module.fit_statistics(stats)
-        logger.info(
-            "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
-            stats.n_cells,
-            stats.median_detected,
-            int(self.module.n_mask),
+            return gene_statistics(counts, cells, panels=panels)
+        genes = np.flatnonzero(lookup >= 0)
+        return gene_statistics(counts, cells, genes=genes, panels=panels).to_vocabulary(
+            lookup[genes], len(self.gene_vocabulary_)
         )
+
+    def _batch_statistics(self, cells: np.ndarray) -> list[GeneStatistics]:
+        """Gene statistics of each batch's share of ``cells``, one per batch code.
+
+        Raises
+        ------
+        ValueError
+            If a batch has none of ``cells``.
+        """
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
+        codes = codes.ravel()[cells]
+        n_batch = self.summary_stats.n_batch
+        missing = sorted(set(range(n_batch)) - set(codes.tolist()))
+        if missing:
+            names = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+            raise ValueError(
+                "batch_standardise=True needs training cells of every batch; none of "
+                f"{[str(names.categorical_mapping[i]) for i in missing]} is among them. "
+                "Use a larger train_size or drop those batches."
+            )
+        return [self._vocabulary_statistics(cells[codes == b]) for b in range(n_batch)]
 
     def _inference_loader(self, adata, indices, batch_size):
         """Validated ``adata`` and a data loader over it, with the module in eval mode."""

@@ -35,6 +35,7 @@ PAPER: dict[str, Any] = {
     "library_conditioning": False,
     "n_query_types": 0,
     "embedding_std": None,
+    "batch_standardise": False,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -71,6 +72,7 @@ DEFAULT: dict[str, Any] = {
     "library_conditioning": True,
     "n_query_types": 2,
     "embedding_std": 0.02,
+    "batch_standardise": False,
 }
 
 #: Optimisation defaults of each preset (``ExceiverModel.train`` arguments).

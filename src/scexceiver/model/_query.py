@@ -24,10 +24,14 @@ _GENE_TENSORS = {
     **GENE_AXES,
     "normalizer.mean": 0,
     "normalizer.std": 0,
+    "normalizer.batch_mean": 1,
+    "normalizer.batch_std": 1,
     "gene_expressed_mean": 0,
     "query_weights": 0,
 }
 _BATCH_EMBEDDING = "network.batch_embedding.weight"
+#: Module tensors indexed by batch (rows), tied to the reference's batch categories.
+_BATCH_TENSORS = (_BATCH_EMBEDDING, "normalizer.batch_mean", "normalizer.batch_std")
 
 
 def load_query_data(
@@ -73,6 +77,8 @@ def load_query_data(
     _copy_weights(reference_model.module, model.module, n_reference, same_batches)
     if len(vocabulary) > n_reference:
         _fit_new_genes(model, n_reference)
+    if model.module.batch_standardise:
+        _fit_query_batches(model, n_reference, same_batches)
     if freeze_backbone:
         trainable = () if same_batches else (_BATCH_EMBEDDING,)
         model._restore_frozen = freeze_reference(model.module, n_reference, trainable)
@@ -98,7 +104,7 @@ def _copy_weights(reference, module, n_reference: int, same_batches: bool) -> No
     """Copy every reference tensor into ``module``; gene tensors into the first genes."""
     target = module.state_dict()
     for name, value in reference.state_dict().items():
-        if name == _BATCH_EMBEDDING and not same_batches:
+        if name in _BATCH_TENSORS and not same_batches:
             continue
         if name in _GENE_TENSORS and target[name].shape != value.shape:
             axis = _GENE_TENSORS[name]
@@ -130,3 +136,28 @@ def _fit_new_genes(model: ExceiverModel, n_reference: int) -> None:
     p = values(stats.detection_rate)
     module.query_weights[index] = p * (1 - p)
     logger.info("Added %d genes new to the reference, with statistics of the query.", new.size)
+
+
+@torch.no_grad()
+def _fit_query_batches(model: ExceiverModel, n_reference: int, same_batches: bool) -> None:
+    """Per-batch input statistics of a ``batch_standardise`` model from the query's cells.
+
+    New batches get statistics of every gene from their query cells, so a batch the
+    reference never saw is standardised by its own levels (no training needed); with
+    the reference's batches, only genes new to the reference are filled in.
+    """
+    if same_batches and model.module.n_genes == n_reference:
+        return
+    batch_stats = model._batch_statistics(np.arange(model.adata.n_obs))
+    mean = np.stack([s.mean for s in batch_stats])
+    std = np.stack([s.std for s in batch_stats])
+    normalizer = model.module.normalizer
+    if not same_batches:
+        normalizer.set_batch_statistics(torch.as_tensor(mean), torch.as_tensor(std))
+        logger.info("Per-batch input statistics of %d query batches.", len(batch_stats))
+        return
+    new = slice(n_reference, mean.shape[1])
+    normalizer.batch_mean[:, new] = torch.as_tensor(mean[:, new])
+    normalizer.batch_std[:, new] = torch.as_tensor(std[:, new]).masked_fill(
+        torch.as_tensor(std[:, new]) <= 0, 1.0
+    )

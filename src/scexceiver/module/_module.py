@@ -82,6 +82,13 @@ class ExceiverModule(BaseModuleClass):
         price, and what the decoder is given anyway (batch, library size) tends to
         leave the embedding. ``0`` disables it (deterministic latents). The reported
         loss is the reconstruction error either way.
+    batch_standardise
+        Standardise the encoder's input values by each batch's own per-gene mean and
+        std (fitted on that batch's training cells) instead of the pooled ones, the
+        input-side counterpart of giving the decoder the batch: a gene shifted as a
+        whole in one batch (a stimulation response, a chemistry's capture bias) enters
+        the encoder at its usual level. Decoding targets and the loss keep the pooled
+        statistics. Needs ``n_batch >= 2``.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -102,6 +109,7 @@ class ExceiverModule(BaseModuleClass):
         loss_space: Literal["standardised", "log"] = "standardised",
         batch_adversary: float = 0.0,
         latent_kl: float = 0.0,
+        batch_standardise: bool = False,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -144,6 +152,12 @@ class ExceiverModule(BaseModuleClass):
             )
         if latent_kl < 0:
             raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
+        if batch_standardise and n_batch < 2:
+            raise ValueError(
+                f"batch_standardise=True needs at least two batches, got {n_batch}: set up "
+                "the AnnData with a batch_key of two or more batches, or leave it False."
+            )
+        self.batch_standardise = batch_standardise
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         n_latents, dim = self.network.latents.shape
         self.latent_kl = latent_kl
@@ -155,7 +169,9 @@ class ExceiverModule(BaseModuleClass):
             if batch_adversary > 0
             else None
         )
-        self.normalizer = ExpressionNormalizer(n_genes)
+        self.normalizer = ExpressionNormalizer(
+            n_genes, n_batch=n_batch if batch_standardise else 0
+        )
         self.register_buffer("n_mask", torch.tensor(0))
         self.register_buffer("gene_expressed_mean", torch.ones(n_genes + 1))
         self.register_buffer("query_weights", torch.ones(n_genes))
@@ -166,7 +182,7 @@ class ExceiverModule(BaseModuleClass):
         return bool(self.normalizer.fitted)
 
     @torch.no_grad()
-    def fit_statistics(self, stats) -> None:
+    def fit_statistics(self, stats, batch_stats=None) -> None:
         """Store gene statistics, set ``n_mask`` and start the output bias at gene means.
 
         Parameters
@@ -177,7 +193,20 @@ class ExceiverModule(BaseModuleClass):
             ``log1p(CP10k)``, ``expressed_mean`` (mean processed value where detected),
             ``detection_rate``, and per-cell ``median_detected``, ``log_library_mean``
             and ``log_library_std``.
+        batch_stats
+            With ``batch_standardise``, the same statistics of each batch's training
+            cells, one per batch code in order (only ``mean`` and ``std`` are used).
         """
+        if self.batch_standardise:
+            if batch_stats is None or len(batch_stats) != self.normalizer.batch_mean.shape[0]:
+                raise ValueError(
+                    "batch_standardise=True needs the statistics of every batch's training "
+                    "cells (batch_stats, one per batch)."
+                )
+            self.normalizer.set_batch_statistics(
+                torch.stack([torch.as_tensor(s.mean) for s in batch_stats]),
+                torch.stack([torch.as_tensor(s.std) for s in batch_stats]),
+            )
         self.normalizer.set_statistics(
             torch.as_tensor(stats.mean),
             torch.as_tensor(stats.std),
@@ -276,7 +305,10 @@ class ExceiverModule(BaseModuleClass):
         else:
             expressed = token_mask
         values = self.normalizer(counts, library_size, gene_idx)
-        enc_idx, enc_values, enc_keep = gene_idx, values, expressed
+        enc_values = values
+        if self.batch_standardise:
+            enc_values = self.normalizer(counts, library_size, gene_idx, batch_index)
+        enc_idx, enc_keep = gene_idx, expressed
         out: dict[str, torch.Tensor | None] = {
             "query_idx": None,
             "query_type": None,

@@ -21,14 +21,24 @@ class ExpressionNormalizer(nn.Module):
         Counts per cell after library-size scaling.
     clip
         Upper clip of the z-score.
+    n_batch
+        Number of batches with their own per-gene statistics (``0``: none). With them,
+        ``forward`` given batch codes standardises each cell by its batch's mean and
+        std instead of the pooled ones (see :meth:`set_batch_statistics`).
     """
 
-    def __init__(self, n_genes: int, *, target_sum: float = 1e4, clip: float = 10.0) -> None:
+    def __init__(
+        self, n_genes: int, *, target_sum: float = 1e4, clip: float = 10.0, n_batch: int = 0
+    ) -> None:
         super().__init__()
         self.target_sum = target_sum
         self.clip = clip
         self.register_buffer("mean", torch.zeros(n_genes + 1))
         self.register_buffer("std", torch.ones(n_genes + 1))
+        # per-batch statistics only when asked for, so other models' state dicts keep
+        # their keys
+        self.register_buffer("batch_mean", torch.zeros(n_batch, n_genes + 1) if n_batch else None)
+        self.register_buffer("batch_std", torch.ones(n_batch, n_genes + 1) if n_batch else None)
         self.register_buffer("log_library_mean", torch.tensor(0.0))
         self.register_buffer("log_library_std", torch.tensor(1.0))
         self.register_buffer("fitted", torch.tensor(False))
@@ -54,17 +64,40 @@ class ExpressionNormalizer(nn.Module):
         )
         self.fitted.fill_(True)
 
+    @torch.no_grad()
+    def set_batch_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store per-batch, per-gene mean and std (n_batch, n_genes) of ``log1p(CP10k)``.
+
+        Zero std is treated as 1. The padding entry stays neutral.
+        """
+        if self.batch_mean is None:
+            raise ValueError("This normalizer has no per-batch statistics (n_batch=0).")
+        n = self.batch_mean.shape[1] - 1
+        std = torch.as_tensor(std, dtype=self.batch_std.dtype)
+        self.batch_mean[:, :n] = torch.as_tensor(mean, dtype=self.batch_mean.dtype)
+        self.batch_std[:, :n] = std.masked_fill(std <= 0, 1.0)
+
     def library(self, library_size: torch.Tensor) -> torch.Tensor:
         """Standardised log library size (b,) of library sizes (b,)."""
         return (torch.log1p(library_size) - self.log_library_mean) / self.log_library_std
 
     def forward(
-        self, counts: torch.Tensor, library_size: torch.Tensor, gene_idx: torch.Tensor
+        self,
+        counts: torch.Tensor,
+        library_size: torch.Tensor,
+        gene_idx: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Processed values of ``counts`` (b, n) for genes ``gene_idx`` (b, n).
 
-        ``library_size`` (b,) is each cell's total count over the whole panel.
+        ``library_size`` (b,) is each cell's total count over the whole panel. Given
+        ``batch_index`` (b, 1), each cell is standardised by its batch's statistics.
         """
         scale = self.target_sum / library_size.clamp(min=1.0).unsqueeze(-1)
-        z = (torch.log1p(counts * scale) - self.mean[gene_idx]) / self.std[gene_idx]
+        if batch_index is None or self.batch_mean is None:
+            mean, std = self.mean[gene_idx], self.std[gene_idx]
+        else:
+            rows = batch_index.view(-1, 1).long()
+            mean, std = self.batch_mean[rows, gene_idx], self.batch_std[rows, gene_idx]
+        z = (torch.log1p(counts * scale) - mean) / std
         return z.clamp(max=self.clip) + 1.0

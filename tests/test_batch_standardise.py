@@ -1,0 +1,170 @@
+"""Per-batch standardisation of the encoder's input (``batch_standardise=True``)."""
+
+import anndata
+import numpy as np
+import pytest
+import scvi
+import torch
+from scipy import sparse
+
+from scexceiver import ExceiverModel
+from scexceiver.data import gene_statistics, tokenize_counts
+from scexceiver.module import ExpressionNormalizer
+from scexceiver.tl import batch_mixing
+
+SMALL = {"n_latents": 8, "dim": 32, "n_layers": 1, "ff_dim": 64, "head_hidden": 32}
+
+
+@pytest.fixture(scope="module")
+def shifted(pbmc_small):
+    """Real cells in two batches; in "stim" 150 detected genes carry 6x their counts.
+
+    A level shift of whole genes in one batch, as a stimulation response or a
+    chemistry's capture bias gives: which genes are detected does not change.
+    """
+    rng = np.random.default_rng(0)
+    adata = pbmc_small.copy()
+    stim = rng.random(adata.n_obs) < 0.5
+    detected = np.asarray((adata.X > 0).mean(0)).ravel()
+    genes = rng.choice(np.flatnonzero(detected > 0.2), 150, replace=False)
+    factor = np.ones(adata.n_vars)
+    factor[genes] = 6.0
+    x = adata.X.toarray()
+    x[stim] = x[stim] * factor
+    adata.X = sparse.csr_matrix(x.astype(np.float32))
+    adata.obs["batch"] = np.where(stim, "stim", "ctrl")
+    return adata, genes
+
+
+def test_per_batch_values_use_each_cells_own_batch(pbmc_small):
+    x = pbmc_small.X[:40]
+    batch = np.arange(40) % 2
+    normalizer = ExpressionNormalizer(pbmc_small.n_vars, n_batch=2)
+    pooled = gene_statistics(x)
+    per_batch = [gene_statistics(x, np.flatnonzero(batch == b)) for b in (0, 1)]
+    normalizer.set_statistics(torch.from_numpy(pooled.mean), torch.from_numpy(pooled.std))
+    normalizer.set_batch_statistics(
+        torch.from_numpy(np.stack([s.mean for s in per_batch])),
+        torch.from_numpy(np.stack([s.std for s in per_batch])),
+    )
+    tokens = tokenize_counts(x)
+    index = torch.as_tensor(batch).view(-1, 1)
+    values = normalizer(tokens["counts"], tokens["library_size"], tokens["gene_idx"], index)
+    mask = tokens["token_mask"].numpy()
+    dense = x.toarray().astype(np.float64)
+    logged = np.log1p(dense / dense.sum(1, keepdims=True) * 1e4)
+    mean = np.stack([per_batch[b].mean for b in batch])
+    std = np.stack([per_batch[b].std for b in batch])
+    expected = np.minimum((logged - mean) / std, 10) + 1
+    rows, _ = np.nonzero(mask)
+    cols = tokens["gene_idx"].numpy()[mask]
+    np.testing.assert_allclose(values.numpy()[mask], expected[rows, cols], rtol=1e-4, atol=1e-5)
+    # without batch codes, the pooled statistics
+    plain = normalizer(tokens["counts"], tokens["library_size"], tokens["gene_idx"])
+    expected = np.minimum((logged - pooled.mean) / pooled.std, 10) + 1
+    np.testing.assert_allclose(plain.numpy()[mask], expected[rows, cols], rtol=1e-4, atol=1e-5)
+
+
+def test_training_fits_each_batchs_statistics_and_removes_the_shift(shifted):
+    adata, genes = shifted
+    adata = adata.copy()
+    ExceiverModel.setup_anndata(adata, batch_key="batch")
+    model = ExceiverModel(adata, batch_standardise=True, **SMALL)
+    model.train(max_epochs=1, batch_size=64, warmup_steps=1, enable_progress_bar=False)
+    normalizer = model.module.normalizer
+    codes = adata.obs["_scvi_batch"].to_numpy()
+    train = np.sort(model.train_indices)
+    for b in (0, 1):
+        expected = gene_statistics(adata.X, train[codes[train] == b])
+        np.testing.assert_allclose(normalizer.batch_mean[b, :-1], expected.mean, rtol=1e-5)
+        np.testing.assert_allclose(normalizer.batch_std[b, :-1], expected.std, rtol=1e-5)
+    # pooled statistics (targets and loss weights) are unchanged by the option
+    pooled = gene_statistics(adata.X, train)
+    np.testing.assert_allclose(normalizer.mean[:-1], pooled.mean, rtol=1e-5)
+    # the shifted genes' input values: apart between batches when pooled, level per batch
+    tokens = tokenize_counts(adata.X)
+    index = torch.as_tensor(codes).view(-1, 1)
+    is_shifted = torch.isin(tokens["gene_idx"], torch.as_tensor(genes)) & tokens["token_mask"]
+
+    def gap(values: torch.Tensor) -> float:
+        means = [values[is_shifted & (index == b)].mean().item() for b in (0, 1)]
+        return abs(means[1] - means[0])
+
+    args = (tokens["counts"], tokens["library_size"], tokens["gene_idx"])
+    assert gap(normalizer(*args)) > 1.0
+    assert gap(normalizer(*args, index)) < 0.1
+
+
+def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted):
+    adata, _ = shifted
+    mixing = {}
+    for option in (False, True):
+        data = adata.copy()
+        ExceiverModel.setup_anndata(data, batch_key="batch")
+        scvi.settings.seed = 0
+        model = ExceiverModel(data, batch_standardise=option, **SMALL)
+        model.train(max_epochs=15, batch_size=64, early_stopping=False, enable_progress_bar=False)
+        embedding = model.get_latent_representation()
+        mixing[option] = batch_mixing(embedding, data.obs["batch"].to_numpy())
+    # measured: 0.43 pooled, 0.93 per batch (1 is as mixed as chance)
+    assert mixing[True] > 0.8
+    assert mixing[True] > mixing[False] + 0.2
+
+
+def test_batch_standardise_needs_batches_in_training(pbmc_small):
+    adata = pbmc_small[:100, :300].copy()
+    ExceiverModel.setup_anndata(adata)
+    with pytest.raises(ValueError, match="batch_standardise=True needs at least two batches"):
+        ExceiverModel(adata, batch_standardise=True)
+    adata.obs["batch"] = ["rare" if i == 0 else "common" for i in range(adata.n_obs)]
+    ExceiverModel.setup_anndata(adata, batch_key="batch")
+    model = ExceiverModel(adata, batch_standardise=True, **SMALL)
+    # the single "rare" cell lands in validation, so no training cell of that batch
+    val = np.array([0])
+    split = {"external_indexing": [np.arange(1, adata.n_obs), val, np.array([], dtype=int)]}
+    with pytest.raises(ValueError, match=r"none of \['rare'\] is among them"):
+        model.train(max_epochs=1, datasplitter_kwargs=split, enable_progress_bar=False)
+    assert not model.module.is_fitted
+
+
+def test_saved_statistics_and_query_batches_with_their_own(shifted, tmp_path):
+    adata, _ = shifted
+    reference_data = adata.copy()
+    ExceiverModel.setup_anndata(reference_data, batch_key="batch")
+    scvi.settings.seed = 0
+    reference = ExceiverModel(reference_data, batch_standardise=True, **SMALL)
+    reference.train(max_epochs=2, batch_size=64, warmup_steps=1, enable_progress_bar=False)
+    reference.save(tmp_path / "ref")
+    loaded = ExceiverModel.load(tmp_path / "ref", adata=reference_data)
+    assert loaded.module.batch_standardise
+    torch.testing.assert_close(
+        loaded.module.normalizer.batch_std, reference.module.normalizer.batch_std
+    )
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), reference.get_latent_representation()
+    )
+    # new batches
+    query = adata[:200].copy()
+    query.obs["batch"] = np.where(np.arange(200) % 2, "donor_b", "donor_c")
+    q = ExceiverModel.load_query_data(query, reference)
+    codes = query.obs["_scvi_batch"].to_numpy()
+    for b in (0, 1):
+        expected = gene_statistics(query.X, np.flatnonzero(codes == b))
+        np.testing.assert_allclose(
+            q.module.normalizer.batch_mean[b, :-1], expected.mean, rtol=1e-5
+        )
+    assert q.get_latent_representation().shape == (200, SMALL["n_latents"] * SMALL["dim"])
+    # the reference's batches with a new gene: reference rows kept, the new gene filled in
+    same = adata[:200, :500].copy()
+    extra = adata[:200, 500:501].copy()
+    extra.var_names = ["NEW_GENE"]
+    same = anndata.concat([same, extra], axis=1, merge="first")
+    q = ExceiverModel.load_query_data(same, reference)
+    n_ref = len(reference.gene_vocabulary_)
+    kept = q.module.normalizer.batch_mean[:, :n_ref]
+    torch.testing.assert_close(kept, reference.module.normalizer.batch_mean[:, :n_ref])
+    codes = same.obs["_scvi_batch"].to_numpy()
+    for b in (0, 1):
+        expected = gene_statistics(same.X, np.flatnonzero(codes == b))  # library: all genes
+        got = q.module.normalizer.batch_mean[b, n_ref].item()
+        assert got == pytest.approx(float(expected.mean[-1]), rel=1e-5)
