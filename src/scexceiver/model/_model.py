@@ -459,7 +459,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         architecture and weights, and a vocabulary that extends the reference's with the
         genes of ``adata`` it does not know (fresh, small embeddings and output biases at the
         gene's mean). Shared genes keep the reference's normalisation statistics, new genes
-        get statistics computed on ``adata``. The returned model embeds ``adata`` zero-shot
+        get statistics computed on ``adata``; with ``batch_standardise``, so do the
+        per-batch input statistics of batches new to the reference (and of data without a
+        ``batch_key``). The returned model embeds ``adata`` zero-shot
         (no training needed); ``model.train()`` continues masked pretraining on it.
 
         Parameters

@@ -85,7 +85,11 @@ PRESETS: dict[str, dict[str, Any]] = {"paper": PAPER, "default": DEFAULT}
 
 #: Module arguments added after saved models began recording their whole configuration,
 #: with the value that reproduces a model saved before the argument existed.
-ADDED_ARGUMENTS: dict[str, Any] = {"batch_adversary": 0.0, "latent_kl": 0.0}
+ADDED_ARGUMENTS: dict[str, Any] = {
+    "batch_adversary": 0.0,
+    "latent_kl": 0.0,
+    "batch_standardise": False,
+}
 
 
 def resolve_preset(preset: str, **overrides: Any) -> dict[str, Any]:

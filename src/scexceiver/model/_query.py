@@ -78,7 +78,9 @@ def load_query_data(
     if len(vocabulary) > n_reference:
         _fit_new_genes(model, n_reference)
     if model.module.batch_standardise:
-        _fit_query_batches(model, n_reference, same_batches)
+        # without a batch_key, the query is a batch of its own, not the reference's
+        known = same_batches and reference_setup.get("batch_key") is not None
+        _fit_query_batches(model, n_reference, known)
     if freeze_backbone:
         trainable = () if same_batches else (_BATCH_EMBEDDING,)
         model._restore_frozen = freeze_reference(model.module, n_reference, trainable)
@@ -139,25 +141,23 @@ def _fit_new_genes(model: ExceiverModel, n_reference: int) -> None:
 
 
 @torch.no_grad()
-def _fit_query_batches(model: ExceiverModel, n_reference: int, same_batches: bool) -> None:
+def _fit_query_batches(model: ExceiverModel, n_reference: int, known: bool) -> None:
     """Per-batch input statistics of a ``batch_standardise`` model from the query's cells.
 
     New batches get statistics of every gene from their query cells, so a batch the
     reference never saw is standardised by its own levels (no training needed); with
-    the reference's batches, only genes new to the reference are filled in.
+    the reference's ``known`` batches, only genes new to the reference are filled in.
     """
-    if same_batches and model.module.n_genes == n_reference:
+    if known and model.module.n_genes == n_reference:
         return
     batch_stats = model._batch_statistics(np.arange(model.adata.n_obs))
     mean = np.stack([s.mean for s in batch_stats])
     std = np.stack([s.std for s in batch_stats])
     normalizer = model.module.normalizer
-    if not same_batches:
+    if not known:
         normalizer.set_batch_statistics(torch.as_tensor(mean), torch.as_tensor(std))
         logger.info("Per-batch input statistics of %d query batches.", len(batch_stats))
         return
     new = slice(n_reference, mean.shape[1])
     normalizer.batch_mean[:, new] = torch.as_tensor(mean[:, new])
-    normalizer.batch_std[:, new] = torch.as_tensor(std[:, new]).masked_fill(
-        torch.as_tensor(std[:, new]) <= 0, 1.0
-    )
+    normalizer.batch_std[:, new] = torch.as_tensor(std[:, new])  # zero std already 1

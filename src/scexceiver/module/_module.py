@@ -88,7 +88,9 @@ class ExceiverModule(BaseModuleClass):
         input-side counterpart of giving the decoder the batch: a gene shifted as a
         whole in one batch (a stimulation response, a chemistry's capture bias) enters
         the encoder at its usual level. Decoding targets and the loss keep the pooled
-        statistics. Needs ``n_batch >= 2``.
+        statistics. With a single batch (data without a ``batch_key``) these are the
+        pooled statistics in training, and a query model mapped onto the reference
+        (:meth:`~scexceiver.ExceiverModel.load_query_data`) is standardised by its own.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -152,12 +154,7 @@ class ExceiverModule(BaseModuleClass):
             )
         if latent_kl < 0:
             raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
-        if batch_standardise and n_batch < 2:
-            raise ValueError(
-                f"batch_standardise=True needs at least two batches, got {n_batch}: set up "
-                "the AnnData with a batch_key of two or more batches, or leave it False."
-            )
-        self.batch_standardise = batch_standardise
+        self.batch_standardise = batch_standardise and n_batch >= 1
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         n_latents, dim = self.network.latents.shape
         self.latent_kl = latent_kl
@@ -170,7 +167,7 @@ class ExceiverModule(BaseModuleClass):
             else None
         )
         self.normalizer = ExpressionNormalizer(
-            n_genes, n_batch=n_batch if batch_standardise else 0
+            n_genes, n_batch=n_batch if self.batch_standardise else 0
         )
         self.register_buffer("n_mask", torch.tensor(0))
         self.register_buffer("gene_expressed_mean", torch.ones(n_genes + 1))
