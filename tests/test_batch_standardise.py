@@ -9,6 +9,7 @@ from scipy import sparse
 
 from scexceiver import ExceiverModel
 from scexceiver.data import gene_statistics, tokenize_counts
+from scexceiver.model._presets import TRAINING, resolve_preset
 from scexceiver.module import ExpressionNormalizer
 from scexceiver.tl import batch_mixing
 
@@ -95,20 +96,40 @@ def test_training_fits_each_batchs_statistics_and_removes_the_shift(shifted):
     assert gap(normalizer(*args, index)) < 0.1
 
 
-def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted):
+def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted, tmp_path):
     adata, _ = shifted
+    configs = {
+        "default": {},
+        "batch_standardise": {"batch_standardise": True},
+        "integration": {"preset": "integration"},
+    }
     mixing = {}
-    for option in (False, True):
+    for name, kwargs in configs.items():
         data = adata.copy()
         ExceiverModel.setup_anndata(data, batch_key="batch")
         scvi.settings.seed = 0
-        model = ExceiverModel(data, batch_standardise=option, **SMALL)
+        model = ExceiverModel(data, **kwargs, **SMALL)
         model.train(max_epochs=15, batch_size=64, early_stopping=False, enable_progress_bar=False)
         embedding = model.get_latent_representation()
-        mixing[option] = batch_mixing(embedding, data.obs["batch"].to_numpy())
-    # measured: 0.70 pooled, 0.96 per batch (1 is as mixed as chance)
-    assert mixing[True] > 0.85
-    assert mixing[True] > mixing[False] + 0.15
+        mixing[name] = batch_mixing(embedding, data.obs["batch"].to_numpy())
+    # measured: default 0.54, per batch 0.96, integration preset 0.95 (1: as mixed as chance)
+    assert mixing["batch_standardise"] > 0.85
+    assert mixing["batch_standardise"] > mixing["default"] + 0.15
+    assert mixing["integration"] > mixing["default"] + 0.15
+    # the preset is saved by name and its module configuration with it
+    model.save(tmp_path / "integration")
+    loaded = ExceiverModel.load(tmp_path / "integration", adata=data)
+    assert loaded.preset == "integration" and loaded.module.batch_standardise
+    np.testing.assert_array_equal(loaded.get_latent_representation(), embedding)
+
+
+def test_the_integration_preset_is_the_default_with_two_changes():
+    default = resolve_preset("default")
+    integration = resolve_preset("integration")
+    changed = {k for k in default if default[k] != integration[k]}
+    assert changed == {"batch_standardise", "embedding_std"}
+    assert integration["batch_standardise"] is True and integration["embedding_std"] is None
+    assert TRAINING["integration"] == TRAINING["default"]
 
 
 def test_every_batch_needs_training_cells(pbmc_small):

@@ -166,9 +166,10 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("default", "paper"),
+        choices=("default", "paper", "integration"),
         default="default",
-        help="model configuration (default: default; paper reproduces the 2022 release)",
+        help="model configuration (default: default; paper reproduces the 2022 release; "
+        "integration mixes batches of the same cell populations more)",
     )
     p.add_argument(
         "--max-epochs", type=int, help="maximum epochs (default: chosen from the data size)"

@@ -69,7 +69,7 @@ class ExceiverPredictor(ExceiverModel):
     def __init__(
         self,
         adata: AnnData | None = None,
-        preset: Literal["default", "paper"] = "default",
+        preset: Literal["default", "paper", "integration"] = "default",
         gene_vocabulary: Sequence[str] | None = None,
         task: Literal["classification", "regression"] = "classification",
         ce_weight: float = 1.0,
