@@ -677,7 +677,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def _fit_statistics(self, train_idx: np.ndarray) -> None:
         stats = self._vocabulary_statistics(train_idx)
-        batch_stats = self._batch_statistics(train_idx) if self.module.batch_standardise else None
+        batch_stats = (
+            self._batch_statistics(train_idx) if self.module.needs_batch_statistics else None
+        )
         self.module.fit_statistics(stats, batch_stats)
         logger.info(
             "Fitted gene statistics on %d training cells; median detected genes %.0f, n_mask %d.",
@@ -718,7 +720,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         if missing:
             names = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
             raise ValueError(
-                "batch_standardise=True needs training cells of every batch; none of "
+                "batch_standardise and batch_output_bias need training cells of every "
+                "batch; none of "
                 f"{[str(names.categorical_mapping[i]) for i in missing]} is among them. "
                 "Use a larger train_size or drop those batches."
             )

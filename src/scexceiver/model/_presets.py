@@ -36,6 +36,7 @@ PAPER: dict[str, Any] = {
     "n_query_types": 0,
     "embedding_std": None,
     "batch_standardise": False,
+    "batch_output_bias": False,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -73,6 +74,7 @@ DEFAULT: dict[str, Any] = {
     "n_query_types": 2,
     "embedding_std": 0.02,
     "batch_standardise": False,
+    "batch_output_bias": False,
 }
 
 #: The default with the two changes that mixed batches holding the same cell
@@ -101,6 +103,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "batch_adversary": 0.0,
     "latent_kl": 0.0,
     "batch_standardise": False,
+    "batch_output_bias": False,
 }
 
 

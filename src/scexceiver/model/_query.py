@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,6 +12,7 @@ from scvi import REGISTRY_KEYS
 
 from scexceiver.data import gene_keys, gene_statistics
 from scexceiver.module._freeze import GENE_AXES, freeze_reference
+from scexceiver.module import batch_level_shifts
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -31,7 +33,12 @@ _GENE_TENSORS = {
 }
 _BATCH_EMBEDDING = "network.batch_embedding.weight"
 #: Module tensors indexed by batch (rows), tied to the reference's batch categories.
-_BATCH_TENSORS = (_BATCH_EMBEDDING, "normalizer.batch_mean", "normalizer.batch_std")
+_BATCH_TENSORS = (
+    _BATCH_EMBEDDING,
+    "network.batch_output_bias",
+    "normalizer.batch_mean",
+    "normalizer.batch_std",
+)
 
 
 def load_query_data(
@@ -77,7 +84,7 @@ def load_query_data(
     _copy_weights(reference_model.module, model.module, n_reference, same_batches)
     if len(vocabulary) > n_reference:
         _fit_new_genes(model, n_reference)
-    if model.module.batch_standardise:
+    if model.module.needs_batch_statistics:
         # without a batch_key, the query is a batch of its own, not the reference's
         known = same_batches and reference_setup.get("batch_key") is not None
         _fit_query_batches(model, n_reference, known)
@@ -142,22 +149,34 @@ def _fit_new_genes(model: ExceiverModel, n_reference: int) -> None:
 
 @torch.no_grad()
 def _fit_query_batches(model: ExceiverModel, n_reference: int, known: bool) -> None:
-    """Per-batch input statistics of a ``batch_standardise`` model from the query's cells.
+    """Per-batch statistics of a model that uses them, from the query's cells.
 
-    New batches get statistics of every gene from their query cells, so a batch the
-    reference never saw is standardised by its own levels (no training needed); with
-    the reference's ``known`` batches, only genes new to the reference are filled in.
+    With ``batch_standardise``, new batches get input statistics of every gene from their
+    query cells, so a batch the reference never saw is standardised by its own levels;
+    with ``batch_output_bias``, their output bias starts at their level shifts from the
+    model's pooled statistics. Neither needs training. With the reference's ``known``
+    batches, only genes new to the reference are filled in.
     """
     if known and model.module.n_genes == n_reference:
         return
+    module = model.module
     batch_stats = model._batch_statistics(np.arange(model.adata.n_obs))
-    mean = np.stack([s.mean for s in batch_stats])
-    std = np.stack([s.std for s in batch_stats])
-    normalizer = model.module.normalizer
-    if not known:
-        normalizer.set_batch_statistics(torch.as_tensor(mean), torch.as_tensor(std))
-        logger.info("Per-batch input statistics of %d query batches.", len(batch_stats))
-        return
-    new = slice(n_reference, mean.shape[1])
-    normalizer.batch_mean[:, new] = torch.as_tensor(mean[:, new])
-    normalizer.batch_std[:, new] = torch.as_tensor(std[:, new])  # zero std already 1
+    genes = slice(n_reference if known else 0, module.n_genes)
+    if module.batch_standardise:
+        mean = torch.as_tensor(np.stack([s.mean for s in batch_stats]))
+        std = torch.as_tensor(np.stack([s.std for s in batch_stats]))
+        normalizer = module.normalizer
+        normalizer.batch_mean[:, genes] = mean[:, genes]
+        normalizer.batch_std[:, genes] = std[:, genes]  # gene_statistics stores zero std as 1
+    bias = module.network.batch_output_bias
+    if bias is not None:
+        n = module.n_genes
+        pooled = SimpleNamespace(
+            mean=module.normalizer.mean[:n],
+            std=module.normalizer.std[:n],
+            expressed_mean=module.gene_expressed_mean[:n],
+        )
+        shifts = batch_level_shifts(pooled, batch_stats)
+        rows = torch.arange(len(bias)).clamp(max=len(shifts) - 1)
+        bias[..., genes] = shifts[rows][..., genes]
+    logger.info("Per-batch statistics of %d query batches.", len(batch_stats))

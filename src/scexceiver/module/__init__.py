@@ -6,7 +6,7 @@ from ._bottleneck import GaussianLatents
 from ._exceiver import Exceiver
 from ._freeze import freeze_reference
 from ._masking import draw_masked_tokens, lookup_counts
-from ._module import ExceiverModule
+from ._module import ExceiverModule, batch_level_shifts
 from ._normalize import ExpressionNormalizer
 from ._predictor import ExceiverPredictorModule
 from ._select import keep_top_genes
@@ -20,6 +20,7 @@ __all__ = [
     "ExceiverPredictorModule",
     "ExpressionNormalizer",
     "GaussianLatents",
+    "batch_level_shifts",
     "draw_masked_tokens",
     "freeze_reference",
     "keep_top_genes",

@@ -69,6 +69,12 @@ class Exceiver(nn.Module):
     embedding_std
         Standard deviation of the initial gene embeddings and latents; ``None`` keeps
         PyTorch's defaults (N(0, 1), as the release).
+    batch_output_bias
+        Add a learned bias per (query type, batch, gene) to the prediction, started by
+        :meth:`init_batch_output_bias` at each batch's mean shift from the pooled gene
+        mean: a gene's level in a batch is then given to the decoder, as scVI's decoder
+        is given the batch for every gene, and need not be stored in the latents. Off
+        with fewer than two batches.
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class Exceiver(nn.Module):
         library_conditioning: bool = False,
         n_query_types: int = 0,
         embedding_std: float | None = None,
+        batch_output_bias: bool = False,
     ) -> None:
         super().__init__()
         if value_encoding not in ("scale", "additive", "identity"):
@@ -104,6 +111,7 @@ class Exceiver(nn.Module):
                 f"batch_injection must be 'decoder' or 'encoder', got {batch_injection!r}."
             )
         self.n_genes = n_genes
+        self.n_batch = n_batch
         self.value_encoding = value_encoding
         self.batch_injection = batch_injection if n_batch > 1 else None
 
@@ -169,6 +177,11 @@ class Exceiver(nn.Module):
             if gene_output_bias
             else None
         )
+        self.batch_output_bias = (
+            nn.Parameter(torch.zeros(max(n_query_types, 1), n_batch, n_genes + 1))
+            if batch_output_bias and n_batch > 1
+            else None
+        )
 
     @torch.no_grad()
     def init_output_bias(self, expressed_means: torch.Tensor) -> None:
@@ -181,6 +194,18 @@ class Exceiver(nn.Module):
         if self.output_bias is not None:
             self.output_bias.fill_(1.0)
             self.output_bias[0, : self.n_genes] = expressed_means
+
+    @torch.no_grad()
+    def init_batch_output_bias(self, offsets: torch.Tensor) -> None:
+        """Start the per-batch output bias at ``offsets`` (query types, n_batch, n_genes).
+
+        Query type ``t`` of the bias starts at row ``min(t, len(offsets) - 1)`` of
+        ``offsets``; the padding entry stays 0.
+        """
+        if self.batch_output_bias is not None:
+            rows = torch.arange(len(self.batch_output_bias)).clamp(max=len(offsets) - 1)
+            self.batch_output_bias.zero_()
+            self.batch_output_bias[..., : self.n_genes] = offsets[rows]
 
     def gene_tokens(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Build tokens (b, n, dim) from gene indices and processed values (b, n)."""
@@ -257,9 +282,13 @@ class Exceiver(nn.Module):
             queries = queries + self.query_type_embedding(query_type)
         decoded, _ = self.decoder_cross_attention(queries, latents)
         prediction = self.head(decoded).squeeze(-1)
+        row = query_type if query_type is not None else torch.zeros_like(query_idx)
         if self.output_bias is not None:
-            row = query_type if query_type is not None else torch.zeros_like(query_idx)
             prediction = (
                 prediction + self.output_bias[row.clamp(max=len(self.output_bias) - 1), query_idx]
             )
+        if self.batch_output_bias is not None and batch_index is not None:
+            types = row.clamp(max=len(self.batch_output_bias) - 1)
+            batch = batch_index.view(-1, 1).long().expand_as(query_idx)
+            prediction = prediction + self.batch_output_bias[types, batch, query_idx]
         return prediction

@@ -8,7 +8,11 @@ import torch
 from torch import nn
 
 #: Parameters indexed by gene, and the axis of the gene index.
-GENE_AXES = {"network.gene_embedding.weight": 0, "network.output_bias": 1}
+GENE_AXES = {
+    "network.gene_embedding.weight": 0,
+    "network.output_bias": 1,
+    "network.batch_output_bias": 2,
+}
 
 
 def freeze_reference(
@@ -16,7 +20,7 @@ def freeze_reference(
 ) -> Callable[[], None]:
     """Freeze everything but the genes after ``n_reference_genes`` (and ``trainable``).
 
-    Parameters other than the gene table and the per-gene output bias stop requiring
+    Parameters other than the gene table and the per-gene output biases stop requiring
     gradients. The gene-indexed parameters keep training, but their first
     ``n_reference_genes`` entries are restored before every look-up of the gene table, so
     only the new genes' embeddings and biases change (exactly, whatever the optimiser's

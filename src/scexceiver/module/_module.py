@@ -174,6 +174,11 @@ class ExceiverModule(BaseModuleClass):
         self.register_buffer("query_weights", torch.ones(n_genes))
 
     @property
+    def needs_batch_statistics(self) -> bool:
+        """Whether :meth:`fit_statistics` needs the statistics of each batch."""
+        return self.batch_standardise or self.network.batch_output_bias is not None
+
+    @property
     def is_fitted(self) -> bool:
         """Whether gene statistics (and ``n_mask``) have been fitted on training cells."""
         return bool(self.normalizer.fitted)
@@ -191,19 +196,23 @@ class ExceiverModule(BaseModuleClass):
             ``detection_rate``, and per-cell ``median_detected``, ``log_library_mean``
             and ``log_library_std``.
         batch_stats
-            With ``batch_standardise``, the same statistics of each batch's training
-            cells, one per batch code in order (only ``mean`` and ``std`` are used).
+            With ``batch_standardise`` or ``batch_output_bias``, the same statistics of
+            each batch's training cells, one per batch code in order.
         """
+        if self.needs_batch_statistics and (
+            batch_stats is None or len(batch_stats) != self.network.n_batch
+        ):
+            raise ValueError(
+                "batch_standardise=True and batch_output_bias=True need the statistics of "
+                "every batch's training cells (batch_stats, one per batch)."
+            )
         if self.batch_standardise:
-            if batch_stats is None or len(batch_stats) != self.normalizer.batch_mean.shape[0]:
-                raise ValueError(
-                    "batch_standardise=True needs the statistics of every batch's training "
-                    "cells (batch_stats, one per batch)."
-                )
             self.normalizer.set_batch_statistics(
                 torch.stack([torch.as_tensor(s.mean) for s in batch_stats]),
                 torch.stack([torch.as_tensor(s.std) for s in batch_stats]),
             )
+        if self.network.batch_output_bias is not None:
+            self.network.init_batch_output_bias(batch_level_shifts(stats, batch_stats))
         self.normalizer.set_statistics(
             torch.as_tensor(stats.mean),
             torch.as_tensor(stats.std),
@@ -532,6 +541,38 @@ class ExceiverModule(BaseModuleClass):
         return self.network.decode(
             latents, query, batch_index, qtype, inference_outputs["library"]
         )
+
+
+def batch_level_shifts(stats, batch_stats) -> torch.Tensor:
+    """Each batch's mean gene level minus the pooled one, in processed units.
+
+    Parameters
+    ----------
+    stats
+        Pooled :class:`scexceiver.data.GeneStatistics` of the training cells.
+    batch_stats
+        The same statistics of each batch's training cells, one per batch code.
+
+    Returns
+    -------
+    torch.Tensor
+        (2, n_batch, n_genes): row 0 the shift of the mean over cells where the gene is
+        detected (the ``QUERY_EXPRESSED`` query type; 0 for a gene the batch never
+        detects), row 1 the shift of the mean over all cells (``QUERY_ANY``).
+    """
+    mean = torch.as_tensor(stats.mean, dtype=torch.float32)
+    std = torch.as_tensor(stats.std, dtype=torch.float32)
+    expressed = torch.as_tensor(stats.expressed_mean, dtype=torch.float32)
+    shifts = []
+    for batch in batch_stats:
+        b_mean = torch.as_tensor(batch.mean, dtype=torch.float32)
+        b_std = torch.as_tensor(batch.std, dtype=torch.float32)
+        # the batch's mean log level where detected, back from its own processed units
+        b_log = (torch.as_tensor(batch.expressed_mean, dtype=torch.float32) - 1) * b_std + b_mean
+        detected = torch.as_tensor(batch.detection_rate) > 0
+        shift_expressed = torch.where(detected, (b_log - mean) / std + 1 - expressed, 0.0)
+        shifts.append(torch.stack([shift_expressed, (b_mean - mean) / std]))
+    return torch.stack(shifts, dim=1)
 
 
 def _scatter_where(
