@@ -11,8 +11,8 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from scexceiver.data import gene_keys, gene_statistics
-from scexceiver.module._freeze import GENE_AXES, freeze_reference
 from scexceiver.module import batch_level_shifts
+from scexceiver.module._freeze import GENE_AXES, freeze_reference
 
 if TYPE_CHECKING:
     from anndata import AnnData
