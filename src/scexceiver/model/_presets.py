@@ -37,6 +37,7 @@ PAPER: dict[str, Any] = {
     "embedding_std": None,
     "batch_standardise": False,
     "batch_output_bias": False,
+    "batch_context": False,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -75,6 +76,7 @@ DEFAULT: dict[str, Any] = {
     "embedding_std": 0.02,
     "batch_standardise": False,
     "batch_output_bias": False,
+    "batch_context": False,
 }
 
 #: The default with the two changes that mixed batches holding the same cell
@@ -104,6 +106,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "latent_kl": 0.0,
     "batch_standardise": False,
     "batch_output_bias": False,
+    "batch_context": False,
 }
 
 

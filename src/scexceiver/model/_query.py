@@ -31,10 +31,11 @@ _GENE_TENSORS = {
     "gene_expressed_mean": 0,
     "query_weights": 0,
 }
-_BATCH_EMBEDDING = "network.batch_embedding.weight"
+#: Learned batch rows that a query's new batches train (with a frozen backbone too).
+_BATCH_EMBEDDINGS = ("network.batch_embedding.weight", "network.batch_context.batch.weight")
 #: Module tensors indexed by batch (rows), tied to the reference's batch categories.
 _BATCH_TENSORS = (
-    _BATCH_EMBEDDING,
+    *_BATCH_EMBEDDINGS,
     "network.batch_output_bias",
     "normalizer.batch_mean",
     "normalizer.batch_std",
@@ -89,7 +90,7 @@ def load_query_data(
         known = same_batches and reference_setup.get("batch_key") is not None
         _fit_query_batches(model, n_reference, known)
     if freeze_backbone:
-        trainable = () if same_batches else (_BATCH_EMBEDDING,)
+        trainable = () if same_batches else _BATCH_EMBEDDINGS
         model._restore_frozen = freeze_reference(model.module, n_reference, trainable)
     return model
 
@@ -110,10 +111,16 @@ def _batch_categories(model: ExceiverModel) -> list:
 
 @torch.no_grad()
 def _copy_weights(reference, module, n_reference: int, same_batches: bool) -> None:
-    """Copy every reference tensor into ``module``; gene tensors into the first genes."""
+    """Copy every reference tensor into ``module``; gene tensors into the first genes.
+
+    Without ``same_batches``, batch tensors are not copied; new batches' rows of the
+    decoder's batch conditioning start at the reference batches' average.
+    """
     target = module.state_dict()
     for name, value in reference.state_dict().items():
         if name in _BATCH_TENSORS and not same_batches:
+            if name == _BATCH_EMBEDDINGS[1]:
+                target[name].copy_(value.mean(0, keepdim=True).expand_as(target[name]))
             continue
         if name in _GENE_TENSORS and target[name].shape != value.shape:
             axis = _GENE_TENSORS[name]

@@ -3,6 +3,7 @@
 from ._adversary import BatchAdversary
 from ._attention import Attention, CrossAttentionBlock
 from ._bottleneck import GaussianLatents
+from ._conditioning import BatchConditioning
 from ._exceiver import Exceiver
 from ._freeze import freeze_reference
 from ._masking import draw_masked_tokens, lookup_counts
@@ -14,6 +15,7 @@ from ._select import keep_top_genes
 __all__ = [
     "Attention",
     "BatchAdversary",
+    "BatchConditioning",
     "CrossAttentionBlock",
     "Exceiver",
     "ExceiverModule",

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ._attention import CrossAttentionBlock
+from ._conditioning import BatchConditioning
 
 
 class Exceiver(nn.Module):
@@ -75,6 +76,12 @@ class Exceiver(nn.Module):
         mean: a gene's level in a batch is then given to the decoder, as scVI's decoder
         is given the batch for every gene, and need not be stored in the latents. Off
         with fewer than two batches.
+    batch_context
+        Let the decoder read latents conditioned on the batch
+        (:class:`~scexceiver.module.BatchConditioning`): each latent is shifted by an
+        MLP of the latent and the cell's batch, so the decoder can express batch effects
+        that differ between cell states, as scVI's decoder reads its latent with the
+        batch. Off with fewer than two batches.
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class Exceiver(nn.Module):
         n_query_types: int = 0,
         embedding_std: float | None = None,
         batch_output_bias: bool = False,
+        batch_context: bool = False,
     ) -> None:
         super().__init__()
         if value_encoding not in ("scale", "additive", "identity"):
@@ -175,6 +183,11 @@ class Exceiver(nn.Module):
         self.output_bias = (
             nn.Parameter(torch.ones(max(n_query_types, 1), n_genes + 1))
             if gene_output_bias
+            else None
+        )
+        self.batch_context = (
+            BatchConditioning(dim, n_batch, dim * cross_mlp_ratio)
+            if batch_context and n_batch > 1
             else None
         )
         self.batch_output_bias = (
@@ -280,6 +293,8 @@ class Exceiver(nn.Module):
             queries = queries + self.batch_embedding(batch_index.view(-1)).unsqueeze(1)
         if self.query_type_embedding is not None and query_type is not None:
             queries = queries + self.query_type_embedding(query_type)
+        if self.batch_context is not None and batch_index is not None:
+            latents = self.batch_context(latents, batch_index)
         decoded, _ = self.decoder_cross_attention(queries, latents)
         prediction = self.head(decoded).squeeze(-1)
         row = query_type if query_type is not None else torch.zeros_like(query_idx)

@@ -1,4 +1,5 @@
-"""A per-(batch, gene) output bias started at each batch's level (``batch_output_bias``)."""
+"""The batch on the decoder's side: a per-(batch, gene) output bias started at each
+batch's level (``batch_output_bias``) and batch-conditioned latents (``batch_context``)."""
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def test_query_batches_start_at_their_own_level_shift(shifted):
     reference_data = adata.copy()
     ExceiverModel.setup_anndata(reference_data, batch_key="batch")
     scvi.settings.seed = 0
-    reference = ExceiverModel(reference_data, batch_output_bias=True, **SMALL)
+    reference = ExceiverModel(reference_data, batch_output_bias=True, batch_context=True, **SMALL)
     reference.train(max_epochs=1, batch_size=64, warmup_steps=1, enable_progress_bar=False)
     # new batches: one of plain cells, one with the 6x genes
     query = adata[:300].copy()
@@ -139,11 +140,23 @@ def test_query_batches_start_at_their_own_level_shift(shifted):
     gap = (bias[0, stim_code, genes] - bias[0, 1 - stim_code, genes]).numpy()
     std = reference.module.normalizer.std[genes].numpy()
     assert np.median(gap * std) > 1.0  # log units, as in the reference's own batches
-    # frozen with the backbone: training the query leaves the reference genes' bias
+    # new batches' conditioning starts at the reference batches' average
+    rows = q.module.network.batch_context.batch.weight.detach().clone()
+    reference_rows = reference.module.network.batch_context.batch.weight.detach()
+    torch.testing.assert_close(rows, reference_rows.mean(0, keepdim=True).expand_as(rows))
+    latent_weight = q.module.network.batch_context.latent.weight.detach().clone()
+    # frozen with the backbone: training the query leaves the reference genes' bias and
+    # the conditioning's shared weights, and trains the new batches' rows
     q.train(max_epochs=1, batch_size=64, warmup_steps=1, enable_progress_bar=False)
     torch.testing.assert_close(q.module.network.batch_output_bias.detach(), bias)
+    torch.testing.assert_close(q.module.network.batch_context.latent.weight, latent_weight)
+    assert not torch.equal(q.module.network.batch_context.batch.weight.detach(), rows)
     # the reference's own batches keep the reference's trained bias
     same = ExceiverModel.load_query_data(adata[:300].copy(), reference)
     torch.testing.assert_close(
         same.module.network.batch_output_bias, reference.module.network.batch_output_bias
+    )
+    torch.testing.assert_close(
+        same.module.network.batch_context.batch.weight,
+        reference.module.network.batch_context.batch.weight,
     )
