@@ -98,9 +98,10 @@ def test_training_fits_each_batchs_statistics_and_removes_the_shift(shifted):
 
 def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted, tmp_path):
     adata, _ = shifted
+    off = {"batch_standardise": False, "batch_output_bias": False, "batch_context": False}
     configs = {
-        "default": {},
-        "batch_standardise": {"batch_standardise": True},
+        "no batch options": off,
+        "batch_standardise": off | {"batch_standardise": True},
         "integration": {"preset": "integration"},
     }
     mixing = {}
@@ -112,10 +113,10 @@ def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted, tmp_path):
         model.train(max_epochs=15, batch_size=64, early_stopping=False, enable_progress_bar=False)
         embedding = model.get_latent_representation()
         mixing[name] = batch_mixing(embedding, data.obs["batch"].to_numpy())
-    # measured: default 0.54, per batch 0.96, integration preset 0.95 (1: as mixed as chance)
+    # measured: none 0.54, per batch 0.96, integration preset 0.95 (1: as mixed as chance)
     assert mixing["batch_standardise"] > 0.85
-    assert mixing["batch_standardise"] > mixing["default"] + 0.15
-    assert mixing["integration"] > mixing["default"] + 0.15
+    assert mixing["batch_standardise"] > mixing["no batch options"] + 0.15
+    assert mixing["integration"] > mixing["no batch options"] + 0.15
     # the preset is saved by name and its module configuration with it
     model.save(tmp_path / "integration")
     loaded = ExceiverModel.load(tmp_path / "integration", adata=data)
@@ -123,12 +124,16 @@ def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted, tmp_path):
     np.testing.assert_array_equal(loaded.get_latent_representation(), embedding)
 
 
-def test_the_integration_preset_is_the_default_with_two_changes():
+def test_the_integration_preset_trades_the_decoders_batch_options_for_a_large_start():
     default = resolve_preset("default")
     integration = resolve_preset("integration")
-    changed = {k for k in default if default[k] != integration[k]}
-    assert changed == {"batch_standardise", "embedding_std"}
-    assert integration["batch_standardise"] is True and integration["embedding_std"] is None
+    changed = {k: integration[k] for k in default if default[k] != integration[k]}
+    assert changed == {
+        "batch_standardise": True,
+        "batch_output_bias": False,
+        "batch_context": False,
+        "embedding_std": None,
+    }
     assert TRAINING["integration"] == TRAINING["default"]
 
 
@@ -136,7 +141,8 @@ def test_every_batch_needs_training_cells(pbmc_small):
     adata = pbmc_small[:100, :300].copy()
     adata.obs["batch"] = ["rare" if i == 0 else "common" for i in range(adata.n_obs)]
     ExceiverModel.setup_anndata(adata, batch_key="batch")
-    model = ExceiverModel(adata, batch_standardise=True, **SMALL)
+    model = ExceiverModel(adata, **SMALL)  # the default: per batch with two batches
+    assert model.module.batch_standardise
     # the single "rare" cell lands in validation, so no training cell of that batch
     split = {"external_indexing": [np.arange(1, adata.n_obs), np.array([0]), np.array([], int)]}
     with pytest.raises(ValueError, match=r"none of \['rare'\] is among them"):
