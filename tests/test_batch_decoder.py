@@ -38,8 +38,14 @@ def test_shifts_are_each_batchs_mean_processed_value_in_pooled_units(shifted):
     batch = (adata.obs["batch"] == "stim").to_numpy().astype(int)
     pooled = gene_statistics(x)
     per_batch = [gene_statistics(x, np.flatnonzero(batch == b)) for b in (0, 1)]
-    shifts = batch_level_shifts(pooled, per_batch).numpy()
+    shifts = batch_level_shifts(pooled, per_batch, prior_cells=0).numpy()
     assert shifts.shape == (2, 2, adata.n_vars)
+    # by default, shrunk toward 0 by the cells behind each shift
+    shrunk = batch_level_shifts(pooled, per_batch, prior_cells=10).numpy()
+    n = np.array([s.n_cells for s in per_batch])
+    detected = np.stack([s.detection_rate * s.n_cells for s in per_batch])
+    np.testing.assert_allclose(shrunk[1], shifts[1] * (n / (n + 10))[:, None], rtol=1e-5)
+    np.testing.assert_allclose(shrunk[0], shifts[0] * detected / (detected + 10), rtol=1e-4)
     normalizer = ExpressionNormalizer(adata.n_vars, clip=np.inf)
     normalizer.set_statistics(torch.from_numpy(pooled.mean), torch.from_numpy(pooled.std))
     tokens = tokenize_counts(x)

@@ -543,8 +543,12 @@ class ExceiverModule(BaseModuleClass):
         )
 
 
-def batch_level_shifts(stats, batch_stats) -> torch.Tensor:
+def batch_level_shifts(stats, batch_stats, prior_cells: float = 10.0) -> torch.Tensor:
     """Each batch's mean gene level minus the pooled one, in processed units.
+
+    A shift seen in few cells is mostly noise, so each is shrunk toward 0 by
+    ``n / (n + prior_cells)``, with ``n`` the cells it is measured on (the batch's cells,
+    or those where it detects the gene).
 
     Parameters
     ----------
@@ -552,6 +556,8 @@ def batch_level_shifts(stats, batch_stats) -> torch.Tensor:
         Pooled :class:`scexceiver.data.GeneStatistics` of the training cells.
     batch_stats
         The same statistics of each batch's training cells, one per batch code.
+    prior_cells
+        Cells' worth of evidence for "no shift"; ``0`` gives the raw shifts.
 
     Returns
     -------
@@ -569,9 +575,17 @@ def batch_level_shifts(stats, batch_stats) -> torch.Tensor:
         b_std = torch.as_tensor(batch.std, dtype=torch.float32)
         # the batch's mean log level where detected, back from its own processed units
         b_log = (torch.as_tensor(batch.expressed_mean, dtype=torch.float32) - 1) * b_std + b_mean
-        detected = torch.as_tensor(batch.detection_rate) > 0
-        shift_expressed = torch.where(detected, (b_log - mean) / std + 1 - expressed, 0.0)
-        shifts.append(torch.stack([shift_expressed, (b_mean - mean) / std]))
+        detected = torch.as_tensor(batch.detection_rate, dtype=torch.float32) * batch.n_cells
+        shift_expressed = torch.where(detected > 0, (b_log - mean) / std + 1 - expressed, 0.0)
+        shift_any = (b_mean - mean) / std
+        shifts.append(
+            torch.stack(
+                [
+                    shift_expressed * detected / (detected + prior_cells),
+                    shift_any * batch.n_cells / (batch.n_cells + prior_cells),
+                ]
+            )
+        )
     return torch.stack(shifts, dim=1)
 
 
