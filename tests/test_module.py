@@ -137,7 +137,10 @@ def test_log_loss_space_weights_each_gene_by_its_log_variance(pbmc_small):
 
 def test_batch_adversary_trains_classifier_and_encoder_apart_and_leaves_the_loss(pbmc_small):
     torch.manual_seed(0)
-    module = ExceiverModule(pbmc_small.n_vars, 2, **resolve_preset("default", batch_adversary=0.5))
+    # the adversary alone (the default's per-batch options need per-batch statistics)
+    off = {"batch_standardise": False, "batch_output_bias": False, "batch_context": False}
+    config = resolve_preset("default", batch_adversary=0.5, **off)
+    module = ExceiverModule(pbmc_small.n_vars, 2, **config)
     module.fit_statistics(gene_statistics(pbmc_small.X))
     tokens = tokenize_counts(pbmc_small.X[:32])
     batch = (torch.arange(32) % 2).view(-1, 1)

@@ -73,6 +73,9 @@ def describe(preset: str) -> list[tuple[str, str, str]]:
         queries.append("Linear(log library size)")
     if net.query_type_embedding is not None:
         queries.append("query-type embedding")
+    context = "attend to the latents"
+    if net.batch_context is not None:
+        context = "attend to the latents + MLP(latent, batch)"
     queried = "masked genes"
     if module.n_visible_queries or module.n_random_queries:
         queried += (
@@ -85,13 +88,16 @@ def describe(preset: str) -> list[tuple[str, str, str]]:
     )
     if net.output_bias is not None:
         head += "\n+ per-gene output bias (starts at the gene's mean)"
+    if net.batch_output_bias is not None:
+        head += "\n+ per-(batch, gene) bias (starts at the batch's shift)"
     readout = (
         f"cell embedding: latents flattened ({n_latents * dim} values)"
         if module.readout == "flatten"
         else f"cell embedding: mean of latents ({dim} values)"
     )
+    z_score = "z-score per batch and gene" if module.batch_standardise else "z-score per gene"
     return [
-        ("input", "raw counts -> CP10k -> log1p -> z-score per gene\n-> clip at 10 -> +1", "data"),
+        ("input", f"raw counts -> CP10k -> log1p -> {z_score}\n-> clip at 10 -> +1", "data"),
         (
             "gene tokens",
             f"{value}, E: gene table {N_GENES + 1:,} x {dim}\n{tokens}\n"
@@ -112,7 +118,7 @@ def describe(preset: str) -> list[tuple[str, str, str]]:
             "decoder cross-attention",
             f"queries: {' + '.join(queries[:2])}"
             + "".join(f"\n    + {q}" for q in queries[2:])
-            + f"\nattend to the latents, {dec.attention.heads} heads, "
+            + f"\n{context}, {dec.attention.heads} heads, "
             f"MLP {dec.mlp[1].out_features}",
             "decoder",
         ),

@@ -469,7 +469,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         gene's mean). Shared genes keep the reference's normalisation statistics, new genes
         get statistics computed on ``adata``; with ``batch_standardise``, so do the
         per-batch input statistics of batches new to the reference (and of data without a
-        ``batch_key``). The returned model embeds ``adata`` zero-shot
+        ``batch_key``), and with ``batch_output_bias`` their output bias starts at their own
+        level shifts. The returned model embeds ``adata`` zero-shot
         (no training needed); ``model.train()`` continues masked pretraining on it.
 
         Parameters
@@ -481,7 +482,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             A trained :class:`~scexceiver.ExceiverModel`.
         freeze_backbone
             Continued training updates only the new genes' embeddings and output biases
-            (and a new batch embedding); ``False`` trains every parameter.
+            (and new batches' embeddings and decoder conditioning); ``False`` trains every
+            parameter.
         min_gene_overlap
             Smallest accepted share of the smaller gene set found in the other (see
             :meth:`~scexceiver.ExceiverModel.align_genes`).

@@ -91,6 +91,7 @@ class ExceiverModule(BaseModuleClass):
         statistics. With a single batch (data without a ``batch_key``) these are the
         pooled statistics in training, and a query model mapped onto the reference
         (:meth:`~scexceiver.ExceiverModel.load_query_data`) is standardised by its own.
+        ``None``: on with two or more batches (the default preset).
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -111,7 +112,7 @@ class ExceiverModule(BaseModuleClass):
         loss_space: Literal["standardised", "log"] = "standardised",
         batch_adversary: float = 0.0,
         latent_kl: float = 0.0,
-        batch_standardise: bool = False,
+        batch_standardise: bool | None = False,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -154,6 +155,8 @@ class ExceiverModule(BaseModuleClass):
             )
         if latent_kl < 0:
             raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
+        if batch_standardise is None:
+            batch_standardise = n_batch >= 2
         self.batch_standardise = batch_standardise and n_batch >= 1
         self.network = Exceiver(n_genes, n_batch=n_batch, **network_kwargs)
         n_latents, dim = self.network.latents.shape
