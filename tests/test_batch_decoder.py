@@ -155,6 +155,12 @@ def test_query_batches_start_at_their_own_level_shift(shifted):
     torch.testing.assert_close(q.module.network.batch_output_bias.detach(), bias)
     torch.testing.assert_close(q.module.network.batch_context.latent.weight, latent_weight)
     assert not torch.equal(q.module.network.batch_context.batch.weight.detach(), rows)
+    # a query of one batch has nothing to condition on: no bias, no conditioning
+    single = adata[:100].copy()
+    single.obs["batch"] = "donor_z"
+    q1 = ExceiverModel.load_query_data(single, reference)
+    assert q1.module.network.batch_output_bias is None and q1.module.network.batch_context is None
+    assert np.isfinite(q1.get_latent_representation()).all()
     # the reference's own batches keep the reference's trained bias
     same = ExceiverModel.load_query_data(adata[:300].copy(), reference)
     torch.testing.assert_close(

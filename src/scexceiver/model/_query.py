@@ -114,10 +114,13 @@ def _copy_weights(reference, module, n_reference: int, same_batches: bool) -> No
     """Copy every reference tensor into ``module``; gene tensors into the first genes.
 
     Without ``same_batches``, batch tensors are not copied; new batches' rows of the
-    decoder's batch conditioning start at the reference batches' average.
+    decoder's batch conditioning start at the reference batches' average. Parts that
+    exist only with two or more batches are left out of a query with one.
     """
     target = module.state_dict()
     for name, value in reference.state_dict().items():
+        if name not in target:
+            continue
         if name in _BATCH_TENSORS and not same_batches:
             if name == _BATCH_EMBEDDINGS[1]:
                 target[name].copy_(value.mean(0, keepdim=True).expand_as(target[name]))
