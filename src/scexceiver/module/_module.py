@@ -206,7 +206,7 @@ class ExceiverModule(BaseModuleClass):
             batch_stats is None or len(batch_stats) != self.network.n_batch
         ):
             raise ValueError(
-                "batch_standardise=True and batch_output_bias=True need the statistics of "
+                "batch_standardise and batch_output_bias need the statistics of "
                 "every batch's training cells (batch_stats, one per batch)."
             )
         if self.batch_standardise:
