@@ -10,7 +10,7 @@ import scvi
 
 from scexceiver import ExceiverModel
 from scexceiver.model import _persist
-from scexceiver.model._presets import PRESETS, resolve_preset
+from scexceiver.model._presets import ADDED_ARGUMENTS, PRESETS, resolve_preset
 
 TINY = {"n_latents": 4, "dim": 8, "n_layers": 1, "ff_dim": 16, "head_hidden": 8, "heads": 2}
 
@@ -25,6 +25,17 @@ def tiny(pbmc_small):
     ExceiverModel.setup_anndata(adata, batch_key="batch", labels_key="code")
     model = ExceiverModel(adata, **TINY)
     model.train(max_epochs=2, batch_size=32, check_val_every_n_epoch=1, enable_progress_bar=False)
+    return model, adata
+
+
+@pytest.fixture(scope="module")
+def tiny_old(tiny):
+    """The tiny model as a release before the added arguments trained it (all off)."""
+    scvi.settings.seed = 0
+    adata = tiny[1].copy()
+    ExceiverModel.setup_anndata(adata, batch_key="batch", labels_key="code")
+    model = ExceiverModel(adata, **TINY, **ADDED_ARGUMENTS)
+    model.train(max_epochs=1, batch_size=32, enable_progress_bar=False)
     return model, adata
 
 
@@ -50,7 +61,9 @@ def test_folder_holds_safetensors_and_json_only(tiny, tmp_path):
     assert metadata["format_version"] == _persist.FORMAT_VERSION
     assert metadata["gene_vocabulary"] == list(model.gene_vocabulary_.keys)
     assert metadata["preset"] == "default" and metadata["scvi_tools_version"] == scvi.__version__
-    assert metadata["init_params"]["kwargs"]["model_kwargs"] == resolve_preset("default", **TINY)
+    # recorded resolved: batch_standardise=None means "two or more batches", as here
+    expected = resolve_preset("default", **TINY) | {"batch_standardise": True}
+    assert metadata["init_params"]["kwargs"]["model_kwargs"] == expected
 
 
 def test_round_trip_with_and_without_anndata(tiny, tmp_path):
@@ -80,7 +93,8 @@ def test_round_trip_with_and_without_anndata(tiny, tmp_path):
 
 def test_a_saved_model_keeps_its_configuration_when_a_preset_changes(tiny, tmp_path, monkeypatch):
     model, adata = tiny
-    assert model.init_params_["kwargs"]["model_kwargs"] == resolve_preset("default", **TINY)
+    expected = resolve_preset("default", **TINY) | {"batch_standardise": True}
+    assert model.init_params_["kwargs"]["model_kwargs"] == expected
     model.save(tmp_path / "m")
     # a later release changes the default preset: the saved model must load as trained
     monkeypatch.setitem(PRESETS["default"], "loss_space", "standardised")
@@ -99,12 +113,14 @@ def test_a_saved_model_keeps_its_configuration_when_a_preset_changes(tiny, tmp_p
         ("batch_adversary", 0.5, "adversary"),
         ("latent_kl", 0.5, "bottleneck"),
         ("batch_standardise", True, "normalizer.batch_mean"),
+        ("batch_output_bias", True, "network.batch_output_bias"),
+        ("batch_context", True, "network.batch_context"),
     ],
 )
 def test_a_model_saved_before_an_argument_existed_loads_without_it(
-    tiny, tmp_path, monkeypatch, argument, value, part
+    tiny_old, tmp_path, monkeypatch, argument, value, part
 ):
-    model, adata = tiny
+    model, adata = tiny_old
     model.save(tmp_path / "m")
     meta_path = tmp_path / "m" / "metadata.json"
     meta = json.loads(meta_path.read_text())
@@ -112,7 +128,8 @@ def test_a_model_saved_before_an_argument_existed_loads_without_it(
     meta_path.write_text(json.dumps(meta))
     # the preset now turns the part on; the old model has no weights for it
     monkeypatch.setitem(PRESETS["default"], argument, value)
-    assert attrgetter(part)(ExceiverModel(adata, **TINY).module) is not None
+    old_settings = {k: v for k, v in ADDED_ARGUMENTS.items() if k != argument}
+    assert attrgetter(part)(ExceiverModel(adata, **TINY, **old_settings).module) is not None
     loaded = ExceiverModel.load(tmp_path / "m", adata=adata)
     assert attrgetter(part)(loaded.module) is None
     np.testing.assert_array_equal(
