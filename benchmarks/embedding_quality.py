@@ -58,6 +58,7 @@ import scvi
 import torch
 
 import scexceiver
+from scexceiver.model._presets import TRAINING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_pbmc3k import derive_labels
@@ -192,10 +193,16 @@ def train_exceiver(
     scvi.settings.seed = seed
     work = adata[:, adata.var["highly_variable"]].copy() if genes == "hvg" else adata.copy()
     scexceiver.ExceiverModel.setup_anndata(work, batch_key="batch")
-    model = scexceiver.ExceiverModel(work, preset=preset, **overrides)
+    training = {k: v for k, v in overrides.items() if k in TRAINING[preset]}
+    module = {k: v for k, v in overrides.items() if k not in training}
+    model = scexceiver.ExceiverModel(work, preset=preset, **module)
     start = time.perf_counter()
     model.train(
-        max_epochs=epochs, max_time=max_time, early_stopping=False, enable_progress_bar=False
+        max_epochs=epochs,
+        max_time=max_time,
+        early_stopping=False,
+        enable_progress_bar=False,
+        **training,
     )
     info = {"seconds": round(time.perf_counter() - start, 1), "epochs": _epochs_run(model)}
     error = model.get_reconstruction_error(indices=model.validation_indices)
@@ -290,7 +297,12 @@ def main() -> None:
     parser.add_argument("--no-default", action="store_true", help="variants only")
     parser.add_argument("--no-scvi", action="store_true", help="skip scVI (exploring variants)")
     parser.add_argument("--no-scib", action="store_true", help="kNN macro-F1 only")
-    parser.add_argument("--variant", action="append", default=[], help="e.g. readout=mean")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="e.g. readout=mean; training arguments too (lr=2e-3,batch_size=128)",
+    )
     parser.add_argument(
         "--genes", choices=["all", "hvg"], default="all", help="Exceiver's genes: all or HVGs"
     )

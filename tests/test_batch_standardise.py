@@ -9,9 +9,15 @@ import torch
 from scexceiver import ExceiverModel
 from scexceiver.data import gene_statistics, tokenize_counts
 from scexceiver.model._presets import TRAINING, resolve_preset
-from scexceiver.module import ExpressionNormalizer
+from scexceiver.module import ExpressionNormalizer, batch_standardisation
 
 SMALL = {"n_latents": 8, "dim": 32, "n_layers": 1, "ff_dim": 64, "head_hidden": 32}
+
+
+def _shrunk_mean(own, pooled_mean: np.ndarray | float) -> np.ndarray:
+    """A batch's gene means weighted with the pooled ones, 10 cells' worth of prior."""
+    weight = own.n_cells / (own.n_cells + 10)
+    return weight * own.mean + (1 - weight) * pooled_mean
 
 
 def test_per_batch_values_use_each_cells_own_batch(pbmc_small):
@@ -43,6 +49,33 @@ def test_per_batch_values_use_each_cells_own_batch(pbmc_small):
     np.testing.assert_allclose(plain.numpy()[mask], expected[rows, cols], rtol=1e-4, atol=1e-5)
 
 
+def test_small_batches_statistics_shrink_toward_the_pooled_ones(pbmc_small):
+    x = pbmc_small.X
+    pooled = gene_statistics(x)
+    sizes = {"tiny": 5, "large": 400}
+    own = {k: gene_statistics(x, np.arange(n)) for k, n in sizes.items()}
+    mean, std = batch_standardisation(pooled, list(own.values()))
+    assert mean.shape == std.shape == (2, pbmc_small.n_vars)
+    # a batch of 5 cells sits a third of the way to its own mean (5 / 15), one of 400
+    # cells 98 % of the way
+    for row, (name, n) in enumerate(sizes.items()):
+        differs = np.abs(own[name].mean - pooled.mean) > 0.05
+        moved = (mean[row].numpy() - pooled.mean)[differs] / (own[name].mean - pooled.mean)[
+            differs
+        ]
+        np.testing.assert_allclose(moved, n / (n + 10), rtol=1e-4)
+        # and its variance the same fraction of the way to its own
+        var = std[row].numpy() ** 2
+        own_var = own[name].std ** 2
+        differs = np.abs(own_var - pooled.std**2) > 0.05
+        moved = (var - pooled.std**2)[differs] / (own_var - pooled.std**2)[differs]
+        np.testing.assert_allclose(moved, n / (n + 10), rtol=1e-3)
+    # prior_cells=0: each batch's own statistics
+    raw_mean, raw_std = batch_standardisation(pooled, list(own.values()), prior_cells=0)
+    np.testing.assert_allclose(raw_mean[0], own["tiny"].mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw_std[1], own["large"].std, rtol=1e-5)
+
+
 def test_training_fits_each_batchs_statistics_and_removes_the_shift(shifted):
     adata, genes = shifted
     adata = adata.copy()
@@ -52,12 +85,15 @@ def test_training_fits_each_batchs_statistics_and_removes_the_shift(shifted):
     normalizer = model.module.normalizer
     codes = adata.obs["_scvi_batch"].to_numpy()
     train = np.sort(model.train_indices)
-    for b in (0, 1):
-        expected = gene_statistics(adata.X, train[codes[train] == b])
-        np.testing.assert_allclose(normalizer.batch_mean[b, :-1], expected.mean, rtol=1e-5)
-        np.testing.assert_allclose(normalizer.batch_std[b, :-1], expected.std, rtol=1e-5)
     # pooled statistics (targets and loss weights) are unchanged by the option
     pooled = gene_statistics(adata.X, train)
+    for b in (0, 1):
+        own = gene_statistics(adata.X, train[codes[train] == b])
+        w = own.n_cells / (own.n_cells + 10)
+        mean = w * own.mean + (1 - w) * pooled.mean
+        std = np.sqrt(w * own.std**2 + (1 - w) * pooled.std**2)
+        np.testing.assert_allclose(normalizer.batch_mean[b, :-1], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(normalizer.batch_std[b, :-1], std, rtol=1e-5)
     np.testing.assert_allclose(normalizer.mean[:-1], pooled.mean, rtol=1e-5)
     # the shifted genes' input values: apart between batches when pooled, level per batch
     tokens = tokenize_counts(adata.X)
@@ -126,8 +162,8 @@ def test_one_batch_is_standardised_by_its_own_statistics(pbmc_small):
     # a query of other cells (one batch again) gets the query's own levels
     query = pbmc_small[200:400, :300].copy()
     q = ExceiverModel.load_query_data(query, model)
-    expected = gene_statistics(query.X)
-    np.testing.assert_allclose(q.module.normalizer.batch_mean[0, :-1], expected.mean, rtol=1e-5)
+    expected = _shrunk_mean(gene_statistics(query.X), normalizer.mean[:-1].numpy())
+    np.testing.assert_allclose(q.module.normalizer.batch_mean[0, :-1], expected, rtol=1e-5)
     torch.testing.assert_close(q.module.normalizer.mean, normalizer.mean)
 
 
@@ -153,10 +189,9 @@ def test_saved_statistics_and_query_batches_with_their_own(shifted, tmp_path):
     q = ExceiverModel.load_query_data(query, reference)
     codes = query.obs["_scvi_batch"].to_numpy()
     for b in (0, 1):
-        expected = gene_statistics(query.X, np.flatnonzero(codes == b))
-        np.testing.assert_allclose(
-            q.module.normalizer.batch_mean[b, :-1], expected.mean, rtol=1e-5
-        )
+        own = gene_statistics(query.X, np.flatnonzero(codes == b))
+        expected = _shrunk_mean(own, reference.module.normalizer.mean[:-1].numpy())
+        np.testing.assert_allclose(q.module.normalizer.batch_mean[b, :-1], expected, rtol=1e-5)
     assert q.get_latent_representation().shape == (200, SMALL["n_latents"] * SMALL["dim"])
     # the reference's batches with a new gene: reference rows kept, the new gene filled in
     same = adata[:200, :500].copy()
@@ -169,6 +204,7 @@ def test_saved_statistics_and_query_batches_with_their_own(shifted, tmp_path):
     torch.testing.assert_close(kept, reference.module.normalizer.batch_mean[:, :n_ref])
     codes = same.obs["_scvi_batch"].to_numpy()
     for b in (0, 1):
-        expected = gene_statistics(same.X, np.flatnonzero(codes == b))  # library: all genes
+        own = gene_statistics(same.X, np.flatnonzero(codes == b))  # library: all genes
+        expected = _shrunk_mean(own, q.module.normalizer.mean[n_ref].item())[-1]
         got = q.module.normalizer.batch_mean[b, n_ref].item()
-        assert got == pytest.approx(float(expected.mean[-1]), rel=1e-5)
+        assert got == pytest.approx(float(expected), rel=1e-5)

@@ -11,7 +11,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from scexceiver.data import gene_keys, gene_statistics
-from scexceiver.module import batch_level_shifts
+from scexceiver.module import batch_level_shifts, batch_standardisation
 from scexceiver.module._freeze import GENE_AXES, freeze_reference
 
 if TYPE_CHECKING:
@@ -162,7 +162,8 @@ def _fit_query_batches(model: ExceiverModel, n_reference: int, known: bool) -> N
     """Per-batch statistics of a model that uses them, from the query's cells.
 
     With ``batch_standardise``, new batches get input statistics of every gene from their
-    query cells, so a batch the reference never saw is standardised by its own levels;
+    query cells (shrunk toward the reference's as in training), so a batch the reference
+    never saw is standardised by its own levels;
     with ``batch_output_bias``, their output bias starts at their level shifts from the
     model's pooled statistics. Neither needs training. With the reference's ``known``
     batches, only genes new to the reference are filled in.
@@ -172,20 +173,19 @@ def _fit_query_batches(model: ExceiverModel, n_reference: int, known: bool) -> N
     module = model.module
     batch_stats = model._batch_statistics(np.arange(model.adata.n_obs))
     genes = slice(n_reference if known else 0, module.n_genes)
+    n = module.n_genes
+    pooled = SimpleNamespace(
+        mean=module.normalizer.mean[:n],
+        std=module.normalizer.std[:n],
+        expressed_mean=module.gene_expressed_mean[:n],
+    )
     if module.batch_standardise:
-        mean = torch.as_tensor(np.stack([s.mean for s in batch_stats]))
-        std = torch.as_tensor(np.stack([s.std for s in batch_stats]))
+        mean, std = batch_standardisation(pooled, batch_stats)
         normalizer = module.normalizer
         normalizer.batch_mean[:, genes] = mean[:, genes]
-        normalizer.batch_std[:, genes] = std[:, genes]  # gene_statistics stores zero std as 1
+        normalizer.batch_std[:, genes] = std[:, genes]
     bias = module.network.batch_output_bias
     if bias is not None:
-        n = module.n_genes
-        pooled = SimpleNamespace(
-            mean=module.normalizer.mean[:n],
-            std=module.normalizer.std[:n],
-            expressed_mean=module.gene_expressed_mean[:n],
-        )
         shifts = batch_level_shifts(pooled, batch_stats)
         rows = torch.arange(len(bias)).clamp(max=len(shifts) - 1)
         bias[..., genes] = shifts[rows][..., genes]

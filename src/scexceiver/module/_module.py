@@ -210,10 +210,7 @@ class ExceiverModule(BaseModuleClass):
                 "every batch's training cells (batch_stats, one per batch)."
             )
         if self.batch_standardise:
-            self.normalizer.set_batch_statistics(
-                torch.stack([torch.as_tensor(s.mean) for s in batch_stats]),
-                torch.stack([torch.as_tensor(s.std) for s in batch_stats]),
-            )
+            self.normalizer.set_batch_statistics(*batch_standardisation(stats, batch_stats))
         if self.network.batch_output_bias is not None:
             self.network.init_batch_output_bias(batch_level_shifts(stats, batch_stats))
         self.normalizer.set_statistics(
@@ -544,6 +541,42 @@ class ExceiverModule(BaseModuleClass):
         return self.network.decode(
             latents, query, batch_index, qtype, inference_outputs["library"]
         )
+
+
+def batch_standardisation(
+    stats, batch_stats, prior_cells: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each batch's per-gene mean and std of ``log1p(CP10k)``, shrunk toward the pooled ones.
+
+    A batch of a dozen cells measures a gene's mean and variance poorly (a gene seen in
+    one of its cells gets a tiny std, and that cell a huge z-score), so each batch's mean
+    and variance are weighted averages with the pooled ones: the batch's by
+    ``n / (n + prior_cells)`` for its ``n`` cells. Batches of thousands of cells keep
+    their own statistics.
+
+    Parameters
+    ----------
+    stats
+        Pooled :class:`scexceiver.data.GeneStatistics` of the training cells.
+    batch_stats
+        The same statistics of each batch's cells, one per batch code.
+    prior_cells
+        Cells' worth of evidence for the pooled statistics; ``0`` gives each batch's own.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        Mean and std, each (n_batch, n_genes).
+    """
+    mean = torch.as_tensor(stats.mean, dtype=torch.float32)
+    var = torch.as_tensor(stats.std, dtype=torch.float32).square()
+    b_mean = torch.stack([torch.as_tensor(s.mean, dtype=torch.float32) for s in batch_stats])
+    b_var = torch.stack([torch.as_tensor(s.std, dtype=torch.float32) for s in batch_stats])
+    b_var = b_var.square()
+    n = torch.tensor([float(s.n_cells) for s in batch_stats]).unsqueeze(1)
+    weight = n / (n + prior_cells)
+    shrunk_var = weight * b_var + (1 - weight) * var
+    return weight * b_mean + (1 - weight) * mean, shrunk_var.sqrt()
 
 
 def batch_level_shifts(stats, batch_stats, prior_cells: float = 10.0) -> torch.Tensor:
