@@ -133,6 +133,7 @@ def test_the_integration_preset_trades_the_decoders_batch_options_for_a_large_st
         "batch_output_bias": False,
         "batch_context": False,
         "embedding_std": None,
+        "input_thinning": 0.0,
     }
     assert TRAINING["integration"] == TRAINING["default"]
 

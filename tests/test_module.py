@@ -26,6 +26,7 @@ def _dense_twin(adata, sparse_module, dense_mask="boolean"):
         null_token=False,
         n_visible_queries=0,
         n_random_queries=0,
+        input_thinning=0.0,
     )
     dense.load_state_dict(sparse_module.state_dict())
     return dense

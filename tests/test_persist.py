@@ -39,6 +39,10 @@ def tiny_old(tiny):
     return model, adata
 
 
+#: The default's batch-dependent arguments as resolved for the tiny model's two batches.
+RESOLVED = {"batch_standardise": True, "input_thinning": 0.8}
+
+
 def _equal(a, b):
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
@@ -62,7 +66,7 @@ def test_folder_holds_safetensors_and_json_only(tiny, tmp_path):
     assert metadata["gene_vocabulary"] == list(model.gene_vocabulary_.keys)
     assert metadata["preset"] == "default" and metadata["scvi_tools_version"] == scvi.__version__
     # recorded resolved: batch_standardise=None means "two or more batches", as here
-    expected = resolve_preset("default", **TINY) | {"batch_standardise": True}
+    expected = resolve_preset("default", **TINY) | RESOLVED
     assert metadata["init_params"]["kwargs"]["model_kwargs"] == expected
 
 
@@ -93,7 +97,7 @@ def test_round_trip_with_and_without_anndata(tiny, tmp_path):
 
 def test_a_saved_model_keeps_its_configuration_when_a_preset_changes(tiny, tmp_path, monkeypatch):
     model, adata = tiny
-    expected = resolve_preset("default", **TINY) | {"batch_standardise": True}
+    expected = resolve_preset("default", **TINY) | RESOLVED
     assert model.init_params_["kwargs"]["model_kwargs"] == expected
     model.save(tmp_path / "m")
     # a later release changes the default preset: the saved model must load as trained
@@ -135,6 +139,22 @@ def test_a_model_saved_before_an_argument_existed_loads_without_it(
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation()
     )
+
+
+def test_a_model_saved_before_depth_augmentation_loads_without_it(tiny, tiny_old, tmp_path):
+    model, adata = tiny
+    model.save(tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "metadata.json").read_text())
+    assert meta["init_params"]["kwargs"]["model_kwargs"]["input_thinning"] == 0.8
+    model, adata = tiny_old
+    model.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["init_params"]["kwargs"]["model_kwargs"]["input_thinning"]  # an older release
+    meta_path.write_text(json.dumps(meta))
+    loaded = ExceiverModel.load(tmp_path / "m", adata=adata)
+    assert loaded.module.input_thinning == 0.0
+    assert ExceiverModel(adata, **TINY).module.input_thinning == 0.8
 
 
 def test_json_encoding_restores_registry_values_exactly():

@@ -34,6 +34,7 @@ from scexceiver.data import (
 from scexceiver.data._panels import check_gene_panels, measured_table, to_vocabulary
 from scexceiver.data._validate import registered_gene_keys, require_finite
 from scexceiver.module import ExceiverModule
+from scexceiver.module._module import _BATCH_INPUT_THINNING
 from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
 from scexceiver.train._checkpoint import resolve_resume
 
@@ -111,6 +112,10 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         config = resolve_preset(preset, **model_kwargs)
         if config.get("batch_standardise", False) is None:
             config["batch_standardise"] = self.summary_stats.n_batch >= 2
+        if config.get("input_thinning", 0.0) is None:
+            config["input_thinning"] = (
+                _BATCH_INPUT_THINNING if self.summary_stats.n_batch >= 2 else 0.0
+            )
         self.preset = preset
         self._config = config
         self.gene_vocabulary_ = GeneVocabulary.from_keys(

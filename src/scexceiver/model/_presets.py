@@ -38,6 +38,7 @@ PAPER: dict[str, Any] = {
     "batch_standardise": False,
     "batch_output_bias": False,
     "batch_context": False,
+    "input_thinning": 0.0,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -50,7 +51,9 @@ PAPER: dict[str, Any] = {
 #: encoder's input (``batch_standardise=None``: on exactly then), and the decoder gets
 #: each batch's gene levels (a per-batch output bias) and reads latents conditioned on
 #: the batch, so the latents need not keep the batch (docs/quality.md); without batches
-#: the three change nothing.
+#: the three change nothing. With batches, in training the encoder also reads each
+#: cell's counts thinned to 20-100 % of its depth (depth augmentation,
+#: ``input_thinning=None``: 0.8 exactly then), the decoder still predicting every count.
 DEFAULT: dict[str, Any] = {
     "token_mode": "sparse",
     "dense_mask": "boolean",
@@ -82,11 +85,13 @@ DEFAULT: dict[str, Any] = {
     "batch_standardise": None,
     "batch_output_bias": True,
     "batch_context": True,
+    "input_thinning": None,
 }
 
 #: Per-batch standardisation and the N(0, 1) start of gene embeddings and latents,
 #: without the decoder's batch bias and conditioning: the pair that mixed batches of the
-#: same cell populations best before those existed (docs/quality.md), kept as measured.
+#: same cell populations best before those existed (docs/quality.md), kept as measured
+#: (without depth augmentation).
 #: It pays in reconstruction (about twice the masked error on Kang 2018) and loses cell
 #: types where batches differ in composition, so it is a preset for integration.
 INTEGRATION: dict[str, Any] = DEFAULT | {
@@ -94,6 +99,7 @@ INTEGRATION: dict[str, Any] = DEFAULT | {
     "batch_output_bias": False,
     "batch_context": False,
     "embedding_std": None,
+    "input_thinning": 0.0,
 }
 
 #: Optimisation defaults of each preset (``ExceiverModel.train`` arguments).
@@ -117,6 +123,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "batch_standardise": False,
     "batch_output_bias": False,
     "batch_context": False,
+    "input_thinning": 0.0,
 }
 
 

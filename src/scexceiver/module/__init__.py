@@ -7,7 +7,7 @@ from ._conditioning import BatchConditioning
 from ._exceiver import Exceiver
 from ._freeze import freeze_reference
 from ._masking import draw_masked_tokens, lookup_counts
-from ._module import ExceiverModule, batch_level_shifts, batch_standardisation
+from ._module import ExceiverModule, batch_level_shifts, batch_standardisation, thin_counts
 from ._normalize import ExpressionNormalizer
 from ._predictor import ExceiverPredictorModule
 from ._select import keep_top_genes
@@ -28,4 +28,5 @@ __all__ = [
     "freeze_reference",
     "keep_top_genes",
     "lookup_counts",
+    "thin_counts",
 ]

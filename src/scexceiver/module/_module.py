@@ -19,6 +19,8 @@ from ._select import keep_top_genes
 
 QUERY_EXPRESSED = 0
 QUERY_ANY = 1
+#: Depth augmentation (``input_thinning``) of the default preset with two or more batches.
+_BATCH_INPUT_THINNING = 0.8
 
 
 class ExceiverModule(BaseModuleClass):
@@ -92,6 +94,15 @@ class ExceiverModule(BaseModuleClass):
         pooled statistics in training, and a query model mapped onto the reference
         (:meth:`~scexceiver.ExceiverModel.load_query_data`) is standardised by its own.
         ``None``: on with two or more batches (the default preset).
+    input_thinning
+        Depth augmentation in training: each cell's encoder input is its counts
+        binomially thinned to a fraction drawn uniformly from ``[1 - input_thinning, 1]``
+        (its library size scaled alike), so genes of few counts drop out as they would in
+        a shallower sequenced cell. The encoder learns an embedding that depends less on
+        depth and on which genes a technology detects; decoding targets keep every count.
+        ``0`` disables it; validation and embedding never thin. ``None``: ``0.8`` with
+        two or more batches, else ``0`` (the default preset; measured to help where
+        batches differ in depth or technology).
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -113,6 +124,7 @@ class ExceiverModule(BaseModuleClass):
         batch_adversary: float = 0.0,
         latent_kl: float = 0.0,
         batch_standardise: bool | None = False,
+        input_thinning: float | None = 0.0,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -130,6 +142,10 @@ class ExceiverModule(BaseModuleClass):
             raise ValueError(f"loss_space must be 'standardised' or 'log', got {loss_space!r}.")
         if token_mode == "dense" and (n_visible_queries or n_random_queries):
             raise ValueError("Whole-cell decoding queries need token_mode='sparse'.")
+        if input_thinning is None:
+            input_thinning = _BATCH_INPUT_THINNING if n_batch >= 2 else 0.0
+        if token_mode == "dense" and input_thinning:
+            raise ValueError("input_thinning needs token_mode='sparse'.")
         if max_genes is not None and (token_mode == "dense" or max_genes < 1):
             raise ValueError(
                 f"max_genes={max_genes} needs token_mode='sparse' and a positive value; "
@@ -153,6 +169,12 @@ class ExceiverModule(BaseModuleClass):
                 f"{n_batch}: set up the AnnData with a batch_key of two or more batches, "
                 "or leave batch_adversary=0."
             )
+        if not 0 <= input_thinning < 1:
+            raise ValueError(
+                f"input_thinning must be in [0, 1) (the largest fraction of counts removed), "
+                f"got {input_thinning}."
+            )
+        self.input_thinning = input_thinning
         if latent_kl < 0:
             raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
         if batch_standardise is None:
@@ -311,10 +333,18 @@ class ExceiverModule(BaseModuleClass):
         else:
             expressed = token_mask
         values = self.normalizer(counts, library_size, gene_idx)
+        enc_counts, enc_library, enc_keep = counts, library_size, expressed
+        if masking and self.training and self.input_thinning > 0:
+            enc_counts, enc_library = thin_counts(
+                counts, library_size, self.input_thinning, generator
+            )
+            enc_keep = expressed & (enc_counts > 0)
         enc_values = values
-        if self.batch_standardise:
-            enc_values = self.normalizer(counts, library_size, gene_idx, batch_index)
-        enc_idx, enc_keep = gene_idx, expressed
+        if self.batch_standardise or enc_counts is not counts:
+            enc_values = self.normalizer(
+                enc_counts, enc_library, gene_idx, batch_index if self.batch_standardise else None
+            )
+        enc_idx = gene_idx
         out: dict[str, torch.Tensor | None] = {
             "query_idx": None,
             "query_type": None,
@@ -541,6 +571,39 @@ class ExceiverModule(BaseModuleClass):
         return self.network.decode(
             latents, query, batch_index, qtype, inference_outputs["library"]
         )
+
+
+def thin_counts(
+    counts: torch.Tensor,
+    library_size: torch.Tensor,
+    max_fraction: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binomially thin each cell's counts to a random fraction of its depth.
+
+    Parameters
+    ----------
+    counts
+        (b, n) counts of a minibatch's tokens.
+    library_size
+        (b,) total counts per cell.
+    max_fraction
+        Each cell keeps a fraction ``r ~ U(1 - max_fraction, 1)`` of its depth: every
+        count survives with probability ``r``.
+    generator
+        Random generator for ``r`` and the draws.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The thinned counts (b, n) and the library sizes scaled by ``r`` (b,).
+    """
+    rate = torch.rand(counts.shape[0], 1, generator=generator, device=counts.device)
+    rate = 1 - max_fraction * rate
+    thinned = torch.binomial(
+        counts.float(), rate.expand(counts.shape).contiguous(), generator=generator
+    )
+    return thinned.to(counts.dtype), library_size * rate.squeeze(1)
 
 
 def batch_standardisation(
