@@ -334,13 +334,14 @@ class ExceiverModule(BaseModuleClass):
             expressed = token_mask
         values = self.normalizer(counts, library_size, gene_idx)
         enc_counts, enc_library, enc_keep = counts, library_size, expressed
-        if masking and self.training and self.input_thinning > 0:
+        thinning = masking and self.training and self.input_thinning > 0
+        if thinning:
             enc_counts, enc_library = thin_counts(
                 counts, library_size, self.input_thinning, generator
             )
             enc_keep = expressed & (enc_counts > 0)
         enc_values = values
-        if self.batch_standardise or enc_counts is not counts:
+        if self.batch_standardise or thinning:
             enc_values = self.normalizer(
                 enc_counts, enc_library, gene_idx, batch_index if self.batch_standardise else None
             )
