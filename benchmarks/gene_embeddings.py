@@ -19,15 +19,16 @@ Metrics, for each gene similarity:
   annotated genes that share a term with them (and the chance level: the same for
   random neighbours).
 
-Similarities: cosine of Exceiver gene embeddings (trained here on PBMC 3k for
-``--epochs`` per seed, or loaded with ``--model``), Pearson correlation of
-log-normalised expression on the same cells (co-expression baseline), and cosine of
-random Gaussian embeddings of the same width.
+Similarities: cosine of Exceiver gene embeddings (the default trained here on PBMC 3k
+for ``--epochs`` per seed, and each ``--variant`` of it, or loaded with ``--model``),
+Pearson correlation of log-normalised expression on the same cells (co-expression
+baseline), and cosine of random Gaussian embeddings of the same width.
 
 Usage::
 
     python benchmarks/gene_embeddings.py --go-sqlite /tmp/orgdb/.../org.Hs.eg.sqlite \
         --epochs 20 --seeds 0 1 --out benchmarks/results/gene_embeddings.json
+    # variants of the default beside it: --variant key=value[,key=value]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +49,9 @@ from scipy import sparse
 from sklearn.metrics import roc_auc_score
 
 import scexceiver
+
+sys.path.insert(0, str(Path(__file__).parent))
+import embedding_quality as eq
 
 
 def go_terms(sqlite_path: str, ensembl_ids: pd.Index) -> dict[str, set[str]]:
@@ -114,6 +119,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--model", help="a saved ExceiverModel (genes matched by symbol)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="also train the default with these arguments, e.g. visible_any_fraction=0.5",
+    )
+    parser.add_argument("--no-default", action="store_true", help="variants only")
     parser.add_argument("--min-cells", type=int, default=30)
     parser.add_argument("--min-term", type=int, default=5)
     parser.add_argument("--max-term", type=int, default=100)
@@ -154,15 +166,21 @@ def main() -> None:
     if loaded is not None:
         embeddings.append(("Exceiver (loaded)", loaded.get_gene_embeddings(adata)[genes], None))
     else:
+        variants = eq.parse_variants(args.variant)
+        if not args.no_default:
+            variants = {"Exceiver default": {}} | variants
+        scexceiver.ExceiverModel.setup_anndata(adata)
         for seed in args.seeds:
-            scvi.settings.seed = seed
-            scexceiver.ExceiverModel.setup_anndata(adata)
-            model = scexceiver.ExceiverModel(adata)
-            start = time.perf_counter()
-            model.train(max_epochs=args.epochs, early_stopping=False, enable_progress_bar=False)
-            seconds = time.perf_counter() - start
-            name = f"Exceiver default, seed {seed}, {args.epochs} epochs"
-            embeddings.append((name, model.get_gene_embeddings()[genes], seconds))
+            for label, overrides in variants.items():
+                scvi.settings.seed = seed
+                model = scexceiver.ExceiverModel(adata, **overrides)
+                start = time.perf_counter()
+                model.train(
+                    max_epochs=args.epochs, early_stopping=False, enable_progress_bar=False
+                )
+                seconds = time.perf_counter() - start
+                name = f"{label}, seed {seed}, {args.epochs} epochs"
+                embeddings.append((name, model.get_gene_embeddings()[genes], seconds))
     width = embeddings[0][1].shape[1]
     for name, table, seconds in embeddings:
         row = {"method": name, **evaluate(cosine(table), shared, annotated, args.k, rng)}
@@ -177,9 +195,9 @@ def main() -> None:
         }
     )
     chance = shared[np.ix_(annotated, annotated)].mean()
-    print(f"{'method':<50}{'AUROC':>8}{'kNN GO agreement':>18}")
+    print(f"{'method':<70}{'AUROC':>8}{'kNN GO agreement':>18}")
     for r in rows:
-        print(f"{r['method']:<50}{r['auroc']:>8.3f}{r['knn_go_agreement']:>18.3f}")
+        print(f"{r['method']:<70}{r['auroc']:>8.3f}{r['knn_go_agreement']:>18.3f}")
     print(f"chance kNN agreement (random annotated pair shares a term): {chance:.3f}")
     setup = {
         "data": "bundled 10x PBMC 3k, all 2,700 cells",

@@ -39,6 +39,7 @@ PAPER: dict[str, Any] = {
     "batch_output_bias": False,
     "batch_context": False,
     "input_thinning": 0.0,
+    "n_presence_queries": 0,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -86,6 +87,7 @@ DEFAULT: dict[str, Any] = {
     "batch_output_bias": True,
     "batch_context": True,
     "input_thinning": None,
+    "n_presence_queries": 0,
 }
 
 #: Per-batch standardisation and the N(0, 1) start of gene embeddings and latents,
@@ -124,6 +126,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "batch_output_bias": False,
     "batch_context": False,
     "input_thinning": 0.0,
+    "n_presence_queries": 0,
 }
 
 

@@ -103,6 +103,15 @@ class ExceiverModule(BaseModuleClass):
         ``0`` disables it; validation and embedding never thin. ``None``: ``0.8`` with
         two or more batches, else ``0`` (the default preset; measured to help where
         batches differ in depth or technology).
+    n_presence_queries
+        Of the visible expressed genes the decoder reconstructs (``n_visible_queries``),
+        this many per cell (a random subset) are queried a second time with the query
+        type of genes drawn from the panel. Typed as detected, a query asks the latents
+        only for the gene's level; typed as a panel gene, it asks whether the gene is on
+        at all. Panel draws reach a gene about as often as its detection rate, so
+        without these queries a gene detected in few cells (a rare population's marker)
+        is almost never asked for in the cells that express it, and the embedding need
+        not keep it. ``0`` disables them.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -125,6 +134,7 @@ class ExceiverModule(BaseModuleClass):
         latent_kl: float = 0.0,
         batch_standardise: bool | None = False,
         input_thinning: float | None = 0.0,
+        n_presence_queries: int = 0,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -175,6 +185,12 @@ class ExceiverModule(BaseModuleClass):
                 f"got {input_thinning}."
             )
         self.input_thinning = input_thinning
+        if n_presence_queries < 0 or n_presence_queries > n_visible_queries:
+            raise ValueError(
+                f"n_presence_queries must be between 0 and n_visible_queries "
+                f"({n_visible_queries}), got {n_presence_queries}."
+            )
+        self.n_presence_queries = n_presence_queries
         if latent_kl < 0:
             raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
         if batch_standardise is None:
@@ -403,6 +419,12 @@ class ExceiverModule(BaseModuleClass):
         target = [values.gather(1, draw.masked_pos), values.gather(1, draw.visible_pos)]
         valid = [draw.masked_valid, draw.visible_valid]
         qtype = [torch.full_like(i, QUERY_EXPRESSED) for i in idx]
+        if self.n_presence_queries:  # visible genes asked again, typed as panel genes
+            presence = slice(0, self.n_presence_queries)
+            idx.append(idx[1][:, presence])
+            target.append(target[1][:, presence])
+            valid.append(valid[1][:, presence])
+            qtype.append(torch.full_like(idx[-1], QUERY_ANY))
         if self.n_random_queries:
             rand, rand_valid = self._draw_panel_genes(gene_idx.shape[0], generator, measured_genes)
             idx.append(rand)
