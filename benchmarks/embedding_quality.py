@@ -189,7 +189,7 @@ def train_exceiver(
     preset: str,
     overrides: dict,
     genes: str = "all",
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, dict, scexceiver.ExceiverModel]:
     scvi.settings.seed = seed
     work = adata[:, adata.var["highly_variable"]].copy() if genes == "hvg" else adata.copy()
     scexceiver.ExceiverModel.setup_anndata(work, batch_key="batch")
@@ -207,7 +207,7 @@ def train_exceiver(
     info = {"seconds": round(time.perf_counter() - start, 1), "epochs": _epochs_run(model)}
     error = model.get_reconstruction_error(indices=model.validation_indices)
     info.update(masked_mse=error["masked_mse"], gene_mean_mse=error["gene_mean_mse"])
-    return model.get_latent_representation(), info
+    return model.get_latent_representation(), info, model
 
 
 def scib_scores(adata: ad.AnnData, keys: list[str]) -> pd.DataFrame:
@@ -345,7 +345,7 @@ def main() -> None:
             if not args.no_paper:
                 jobs.append(("Exceiver paper", "paper", {}))
             for label, preset, overrides in jobs:
-                z, info = train_exceiver(
+                z, info, _ = train_exceiver(
                     adata, seed, max_time, args.epochs, preset, overrides, args.genes
                 )
                 adata.obsm[f"{label} s{seed}"] = z

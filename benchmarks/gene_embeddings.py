@@ -123,7 +123,7 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="also train the default with these arguments, e.g. visible_any_fraction=0.5",
+        help="also train the default with these arguments, e.g. n_presence_queries=128",
     )
     parser.add_argument("--no-default", action="store_true", help="variants only")
     parser.add_argument("--min-cells", type=int, default=30)

@@ -111,7 +111,9 @@ class ExceiverModule(BaseModuleClass):
         at all. Panel draws reach a gene about as often as its detection rate, so
         without these queries a gene detected in few cells (a rare population's marker)
         is almost never asked for in the cells that express it, and the embedding need
-        not keep it. ``0`` disables them.
+        not keep it. The price: presence queries are always detected genes, so the
+        decoder's prediction for a gene it cannot see (``sample``, masked genes) is
+        pulled up; predicted expression loses its calibration. ``0`` disables them.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
