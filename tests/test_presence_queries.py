@@ -48,6 +48,9 @@ def test_presence_queries_repeat_visible_genes_as_panel_queries(pbmc_small):
         assert set(genes) <= seen
     # the masked genes and the panel draws are those of the module without them
     torch.testing.assert_close(out["query_idx"][:, :n_mask], plain["query_idx"][:, :n_mask])
+    torch.testing.assert_close(
+        out["query_idx"][:, presence.stop :], plain["query_idx"][:, n_mask + n_visible :]
+    )
 
 
 @pytest.mark.parametrize("value", [-1, 129])
