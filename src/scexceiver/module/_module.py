@@ -19,6 +19,8 @@ from ._select import keep_top_genes
 
 QUERY_EXPRESSED = 0
 QUERY_ANY = 1
+#: Presence queries (``n_presence_queries``): detected and undetected genes in balance.
+QUERY_PRESENCE = 2
 #: Depth augmentation (``input_thinning``) of the default preset with two or more batches.
 _BATCH_INPUT_THINNING = 0.8
 
@@ -104,16 +106,18 @@ class ExceiverModule(BaseModuleClass):
         two or more batches, else ``0`` (the default preset; measured to help where
         batches differ in depth or technology).
     n_presence_queries
-        Of the visible expressed genes the decoder reconstructs (``n_visible_queries``),
-        this many per cell (a random subset) are queried a second time with the query
-        type of genes drawn from the panel. Typed as detected, a query asks the latents
-        only for the gene's level; typed as a panel gene, it asks whether the gene is on
-        at all. Panel draws reach a gene about as often as its detection rate, so
-        without these queries a gene detected in few cells (a rare population's marker)
-        is almost never asked for in the cells that express it, and the embedding need
-        not keep it. The price: presence queries are always detected genes, so the
-        decoder's prediction for a gene it cannot see (``sample``, masked genes) is
-        pulled up; predicted expression loses its calibration. ``0`` disables them.
+        Presence queries per cell, in a query type of their own: half of them (a random
+        subset of the visible expressed genes the decoder reconstructs) are genes the
+        cell detects, half genes it does not, drawn in proportion to their detection
+        rate in training cells, so that a gene is asked about about as often where it is
+        off as where it is on. Typed as detected, a query asks the latents only for the
+        gene's level; panel draws reach a gene about as often as ``p (1 - p)`` of its
+        detection rate ``p``, so without these queries a gene detected in few cells (a
+        rare population's marker) is almost never asked for in the cells that express
+        it, and the embedding need not keep it. Their own type keeps the panel genes'
+        prediction (``sample``, :meth:`~scexceiver.ExceiverModel.predict_expression`)
+        calibrated. Must be even and at most ``2 * n_visible_queries``; the network gets
+        a third query type. ``0`` disables them.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -187,12 +191,20 @@ class ExceiverModule(BaseModuleClass):
                 f"got {input_thinning}."
             )
         self.input_thinning = input_thinning
-        if n_presence_queries < 0 or n_presence_queries > n_visible_queries:
+        if (
+            n_presence_queries < 0
+            or n_presence_queries % 2
+            or n_presence_queries > 2 * n_visible_queries
+        ):
             raise ValueError(
-                f"n_presence_queries must be between 0 and n_visible_queries "
-                f"({n_visible_queries}), got {n_presence_queries}."
+                f"n_presence_queries must be an even number between 0 and twice "
+                f"n_visible_queries ({2 * n_visible_queries}), got {n_presence_queries}."
             )
         self.n_presence_queries = n_presence_queries
+        if n_presence_queries:
+            network_kwargs["n_query_types"] = max(
+                network_kwargs.get("n_query_types", 0), QUERY_PRESENCE + 1
+            )
         if latent_kl < 0:
             raise ValueError(f"latent_kl must be >= 0, got {latent_kl}.")
         if batch_standardise is None:
@@ -215,6 +227,8 @@ class ExceiverModule(BaseModuleClass):
         self.register_buffer("n_mask", torch.tensor(0))
         self.register_buffer("gene_expressed_mean", torch.ones(n_genes + 1))
         self.register_buffer("query_weights", torch.ones(n_genes))
+        if n_presence_queries:
+            self.register_buffer("detection_rate", torch.ones(n_genes))
 
     @property
     def needs_batch_statistics(self) -> bool:
@@ -263,8 +277,10 @@ class ExceiverModule(BaseModuleClass):
         expressed_mean = torch.as_tensor(stats.expressed_mean, dtype=torch.float32)
         self.gene_expressed_mean[: self.n_genes] = expressed_mean
         self.network.init_output_bias(expressed_mean)
+        p = torch.as_tensor(stats.detection_rate, dtype=torch.float32)
+        if self.n_presence_queries:
+            self.detection_rate.copy_(p)
         if self.query_sampling == "variance":
-            p = torch.as_tensor(stats.detection_rate, dtype=torch.float32)
             weights = p * (1 - p)
             self.query_weights.copy_(weights if weights.sum() > 0 else torch.ones_like(p))
 
@@ -421,19 +437,25 @@ class ExceiverModule(BaseModuleClass):
         target = [values.gather(1, draw.masked_pos), values.gather(1, draw.visible_pos)]
         valid = [draw.masked_valid, draw.visible_valid]
         qtype = [torch.full_like(i, QUERY_EXPRESSED) for i in idx]
-        if self.n_presence_queries:  # visible genes asked again, typed as panel genes
-            presence = slice(0, self.n_presence_queries)
-            idx.append(idx[1][:, presence])
-            target.append(target[1][:, presence])
-            valid.append(valid[1][:, presence])
-            qtype.append(torch.full_like(idx[-1], QUERY_ANY))
+        measured = None if measured_genes is None else measured_genes.bool()
         if self.n_random_queries:
-            rand, rand_valid = self._draw_panel_genes(gene_idx.shape[0], generator, measured_genes)
+            rand, rand_valid = _draw_genes(
+                self.query_weights, self.n_random_queries, gene_idx.shape[0], generator, measured
+            )
             idx.append(rand)
-            rand_counts = lookup_counts(*all_tokens, rand)
-            target.append(self.normalizer(rand_counts, library_size, rand))
+            target.append(self.normalizer(lookup_counts(*all_tokens, rand), library_size, rand))
             valid.append(rand_valid)
             qtype.append(torch.full_like(rand, QUERY_ANY))
+        if self.n_presence_queries:  # detected genes, and as many undetected ones
+            half = slice(0, self.n_presence_queries // 2)
+            absent, absent_valid = self._draw_undetected_genes(all_tokens, measured, generator)
+            absent_target = self.normalizer(
+                lookup_counts(*all_tokens, absent), library_size, absent
+            )
+            idx += [idx[1][:, half], absent]
+            target += [target[1][:, half], absent_target]
+            valid += [valid[1][:, half], absent_valid]
+            qtype += [torch.full_like(absent, QUERY_PRESENCE)] * 2
         masked = torch.zeros_like(torch.cat(valid, dim=1))
         masked[:, : draw.masked_pos.shape[1]] = draw.masked_valid
         return {
@@ -444,32 +466,27 @@ class ExceiverModule(BaseModuleClass):
             "query_masked": masked,
         }
 
-    def _draw_panel_genes(
-        self, b: int, generator: torch.Generator | None, measured_genes: torch.Tensor | None
+    def _draw_undetected_genes(
+        self,
+        all_tokens: tuple[torch.Tensor, torch.Tensor],
+        measured: torch.Tensor | None,
+        generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n_random_queries`` genes per cell by ``query_weights`` among measured genes.
+        """Draw ``n_presence_queries // 2`` genes per cell that it does not detect.
 
-        Returns the (b, n_random_queries) genes and which of them are valid targets (a
-        cell with no measured gene of positive weight draws filler, all invalid).
+        Each measured, undetected gene is drawn in proportion to its detection rate in
+        training cells, so a gene is asked about where it is off about as often as where
+        it is on.
         """
-        if measured_genes is None:
-            rand = torch.multinomial(
-                self.query_weights,
-                b * self.n_random_queries,
-                replacement=True,
-                generator=generator,
-            ).view(b, -1)
-            return rand, torch.ones_like(rand, dtype=torch.bool)
-        measured = measured_genes.bool()
-        weights = self.query_weights * measured
-        empty = weights.sum(1, keepdim=True) == 0
-        rand = torch.multinomial(
-            torch.where(empty, torch.ones_like(weights), weights),
-            self.n_random_queries,
-            replacement=True,
-            generator=generator,
+        tokens, counts = all_tokens
+        b = tokens.shape[0]
+        detected = torch.zeros(b, self.n_genes + 1, dtype=torch.bool, device=tokens.device)
+        eligible = ~detected.scatter_(1, tokens, counts > 0)[:, : self.n_genes]
+        if measured is not None:
+            eligible = eligible & measured
+        return _draw_genes(
+            self.detection_rate, self.n_presence_queries // 2, b, generator, eligible
         )
-        return rand, measured.gather(1, rand) & ~empty
 
     @auto_move_data
     def generative(
@@ -596,6 +613,34 @@ class ExceiverModule(BaseModuleClass):
         return self.network.decode(
             latents, query, batch_index, qtype, inference_outputs["library"]
         )
+
+
+def _draw_genes(
+    weights: torch.Tensor,
+    n: int,
+    b: int,
+    generator: torch.Generator | None,
+    eligible: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``n`` genes for each of ``b`` cells, with replacement, by ``weights`` (n_genes,).
+
+    With ``eligible`` (b, n_genes), each cell draws among its eligible genes only. Returns
+    the (b, n) genes and which of them are valid targets: a cell with no eligible gene of
+    positive weight draws filler, all invalid.
+    """
+    if eligible is None:
+        genes = torch.multinomial(weights, b * n, replacement=True, generator=generator)
+        genes = genes.view(b, -1)
+        return genes, torch.ones_like(genes, dtype=torch.bool)
+    weights = weights * eligible
+    empty = weights.sum(1, keepdim=True) == 0
+    genes = torch.multinomial(
+        torch.where(empty, torch.ones_like(weights), weights),
+        n,
+        replacement=True,
+        generator=generator,
+    )
+    return genes, eligible.gather(1, genes) & ~empty
 
 
 def thin_counts(
