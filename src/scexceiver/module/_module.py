@@ -109,15 +109,16 @@ class ExceiverModule(BaseModuleClass):
         Presence queries per cell, in a query type of their own: half of them (a random
         subset of the visible expressed genes the decoder reconstructs) are genes the
         cell detects, half genes it does not, drawn in proportion to their detection
-        rate in training cells, so that a gene is asked about about as often where it is
-        off as where it is on. Typed as detected, a query asks the latents only for the
-        gene's level; panel draws reach a gene about as often as ``p (1 - p)`` of its
-        detection rate ``p``, so without these queries a gene detected in few cells (a
-        rare population's marker) is almost never asked for in the cells that express
-        it, and the embedding need not keep it. Their own type keeps the panel genes'
-        prediction (``sample``, :meth:`~scexceiver.ExceiverModel.predict_expression`)
-        calibrated. Must be even and at most ``2 * n_visible_queries``; the network gets
-        a third query type. ``0`` disables them.
+        rate in training cells, so a gene is asked about where it is off roughly as
+        often as where it is on, and the latents must say whether it is on. Without
+        them, only the panel draws ask that (the other queries are typed as detected),
+        and they reach a gene in proportion to ``p (1 - p)`` of its detection rate
+        ``p``: a gene detected in few cells (a rare population's marker) is almost never
+        asked for in the cells that express it, and the embedding need not keep it.
+        Their own type keeps the panel genes' prediction (``sample``,
+        :meth:`~scexceiver.ExceiverModel.predict_expression`) calibrated. Must be even
+        and at most ``2 * n_visible_queries``; the network gets a third query type.
+        ``0`` disables them.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
