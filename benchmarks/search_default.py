@@ -23,6 +23,7 @@ CONFIGS = {
     "random512_visible0": {"n_random_queries": 512, "n_visible_queries": 0},
     "masked_only": {"n_random_queries": 0, "n_visible_queries": 0},
     "scale_values": {"value_encoding": "scale"},
+    "centred_values": {"value_encoding": "centred"},
     "identity_values": {"value_encoding": "identity"},
     "no_visible": {"n_visible_queries": 0},
     "scale_no_library": {"value_encoding": "scale", "library_conditioning": False},

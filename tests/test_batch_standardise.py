@@ -129,6 +129,7 @@ def test_the_integration_preset_trades_the_decoders_batch_options_for_a_large_st
     integration = resolve_preset("integration")
     changed = {k: integration[k] for k in default if default[k] != integration[k]}
     assert changed == {
+        "value_encoding": "scale",
         "batch_standardise": True,
         "batch_output_bias": False,
         "batch_context": False,

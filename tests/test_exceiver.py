@@ -95,6 +95,27 @@ def test_batch_injection_changes_where_batch_enters():
         assert torch.allclose(pa, pb) == (injection == "encoder")
 
 
+def test_centred_encoding_scales_embeddings_by_the_z_score():
+    torch.manual_seed(0)
+    centred = _network(50, DEFAULT, value_encoding="centred")
+    scale = _network(50, DEFAULT, value_encoding="scale")
+    scale.load_state_dict(centred.state_dict())
+    gene_idx, values, mask = _cell()
+    embedding = centred.gene_embedding(gene_idx)
+    # processed values are z-scores plus one: a gene at its mean level is a zero token
+    assert centred.gene_tokens(gene_idx, torch.ones_like(values)).abs().max() == 0
+    torch.testing.assert_close(
+        centred.gene_tokens(gene_idx, values), (values - 1).unsqueeze(-1) * embedding
+    )
+    torch.testing.assert_close(
+        centred.gene_tokens(gene_idx, values), scale.gene_tokens(gene_idx, values) - embedding
+    )
+    # and the latents differ from the scale encoding's with the same weights
+    a, _ = centred.encode(gene_idx, values, mask)
+    b, _ = scale.encode(gene_idx, values, mask)
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
 def test_identity_encoding_ignores_values_and_bad_encoding_is_rejected():
     torch.manual_seed(0)
     network = _network(50, DEFAULT, value_encoding="identity")

@@ -43,8 +43,9 @@ PAPER: dict[str, Any] = {
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
-#: (DESIGN.md section 6, benchmarks/results/): sparse tokens, value-scaled tokens with
-#: no LayerNorm to cancel the value, whole-cell decoding with typed queries, batch and
+#: (DESIGN.md section 6, benchmarks/results/): sparse tokens, each scaled by its gene's
+#: z-score (centred, so a gene at its mean level is a zero token) with no LayerNorm to
+#: cancel the value, whole-cell decoding with typed queries, batch and
 #: library size in the decoder, a per-gene output bias at the gene mean, small initial
 #: embeddings, pre-norm layers, and the squared error in log1p(CP10k) units (genes
 #: weighted by their variance rather than all equal after standardisation). With a
@@ -74,7 +75,7 @@ DEFAULT: dict[str, Any] = {
     "ff_dim": 256,
     "cross_mlp_ratio": 2,
     "head_hidden": 64,
-    "value_encoding": "scale",
+    "value_encoding": "centred",
     "norm_tokens": False,
     "norm_first": True,
     "null_token": True,
@@ -93,10 +94,11 @@ DEFAULT: dict[str, Any] = {
 #: Per-batch standardisation and the N(0, 1) start of gene embeddings and latents,
 #: without the decoder's batch bias and conditioning: the pair that mixed batches of the
 #: same cell populations best before those existed (docs/quality.md), kept as measured
-#: (without depth augmentation).
+#: (without depth augmentation, with scale tokens).
 #: It pays in reconstruction (about twice the masked error on Kang 2018) and loses cell
 #: types where batches differ in composition, so it is a preset for integration.
 INTEGRATION: dict[str, Any] = DEFAULT | {
+    "value_encoding": "scale",
     "batch_standardise": True,
     "batch_output_bias": False,
     "batch_context": False,

@@ -39,7 +39,11 @@ class Exceiver(nn.Module):
     head_hidden
         Hidden width of the output head (1 in the release).
     value_encoding
-        ``"scale"``: token = value x embedding (the release). ``"additive"``: token =
+        ``"scale"``: token = value x embedding (the release). ``"centred"``: token =
+        (value - 1) x embedding, the gene's z-score times its embedding: a gene
+        detected at its mean level (its batch's mean with per-batch statistics) is a zero
+        token, so the encoder reads how a cell departs from the mean rather than which
+        genes its batch tends to detect. ``"additive"``: token =
         embedding + MLP(value), which survives normalisation and lets attention depend on
         how much a gene is expressed. ``"identity"``: token = embedding, i.e. only which
         genes are detected (what the release's LayerNorm leaves of its tokens).
@@ -95,7 +99,7 @@ class Exceiver(nn.Module):
         ff_dim: int = 2048,
         cross_mlp_ratio: int = 1,
         head_hidden: int = 1,
-        value_encoding: Literal["scale", "additive", "identity"] = "scale",
+        value_encoding: Literal["scale", "centred", "additive", "identity"] = "scale",
         norm_tokens: bool = True,
         norm_first: bool = False,
         null_token: bool = False,
@@ -109,9 +113,9 @@ class Exceiver(nn.Module):
         batch_context: bool = False,
     ) -> None:
         super().__init__()
-        if value_encoding not in ("scale", "additive", "identity"):
+        if value_encoding not in ("scale", "centred", "additive", "identity"):
             raise ValueError(
-                "value_encoding must be 'scale', 'additive' or 'identity', "
+                "value_encoding must be 'scale', 'centred', 'additive' or 'identity', "
                 f"got {value_encoding!r}."
             )
         if batch_injection not in ("decoder", "encoder"):
@@ -225,6 +229,9 @@ class Exceiver(nn.Module):
         embedding = self.gene_embedding(gene_idx)
         if self.value_encoding == "scale":
             return values.unsqueeze(-1) * embedding
+        if self.value_encoding == "centred":
+            # processed values are z-scores plus one
+            return (values - 1.0).unsqueeze(-1) * embedding
         if self.value_encoding == "identity":
             return embedding
         return embedding + self.value_encoder(values.unsqueeze(-1))
