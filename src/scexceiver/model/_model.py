@@ -50,8 +50,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     """Exceiver, a single-cell gene expression language model (Connell et al. 2022).
 
     A Perceiver IO over each cell's expressed genes: learned latent queries cross-attend
-    to value-scaled gene tokens, transformer layers refine the latents, and gene queries
-    cross-attend back to predict held-out expression. The latents are the cell
+    to gene tokens scaled by expression, transformer layers refine the latents, and gene
+    queries cross-attend back to predict held-out expression. The latents are the cell
     embedding; the rows of the gene table are gene embeddings.
 
     Parameters
