@@ -114,6 +114,9 @@ def test_centred_encoding_scales_embeddings_by_the_z_score():
     a, _ = centred.encode(gene_idx, values, mask)
     b, _ = scale.encode(gene_idx, values, mask)
     assert not torch.allclose(a, b, atol=1e-4)
+    # the default: centred with two or more batches, scale without
+    assert _network(50, DEFAULT).value_encoding == "scale"
+    assert _network(50, DEFAULT, n_batch=2).value_encoding == "centred"
 
 
 def test_identity_encoding_ignores_values_and_bad_encoding_is_rejected():

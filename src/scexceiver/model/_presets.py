@@ -43,9 +43,8 @@ PAPER: dict[str, Any] = {
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
-#: (DESIGN.md section 6, benchmarks/results/): sparse tokens, each scaled by its gene's
-#: z-score (centred, so a gene at its mean level is a zero token) with no LayerNorm to
-#: cancel the value, whole-cell decoding with typed queries, batch and
+#: (DESIGN.md section 6, benchmarks/results/): sparse tokens, value-scaled tokens with
+#: no LayerNorm to cancel the value, whole-cell decoding with typed queries, batch and
 #: library size in the decoder, a per-gene output bias at the gene mean, small initial
 #: embeddings, pre-norm layers, and the squared error in log1p(CP10k) units (genes
 #: weighted by their variance rather than all equal after standardisation). With a
@@ -55,7 +54,10 @@ PAPER: dict[str, Any] = {
 #: the batch, so the latents need not keep the batch (docs/quality.md); without batches
 #: the three change nothing. With batches, in training the encoder also reads each
 #: cell's counts thinned to 20-100 % of its depth (depth augmentation,
-#: ``input_thinning=None``: 0.8 exactly then), the decoder still predicting every count.
+#: ``input_thinning=None``: 0.8 exactly then), the decoder still predicting every count,
+#: and each token is scaled by its gene's z-score under the batch's statistics, so a
+#: gene at its batch's mean level is a zero token (``value_encoding=None``: "centred"
+#: exactly then, else "scale").
 DEFAULT: dict[str, Any] = {
     "token_mode": "sparse",
     "dense_mask": "boolean",
@@ -75,7 +77,7 @@ DEFAULT: dict[str, Any] = {
     "ff_dim": 256,
     "cross_mlp_ratio": 2,
     "head_hidden": 64,
-    "value_encoding": "centred",
+    "value_encoding": None,
     "norm_tokens": False,
     "norm_first": True,
     "null_token": True,

@@ -43,7 +43,8 @@ class Exceiver(nn.Module):
         (value - 1) x embedding, the gene's z-score times its embedding: a gene
         detected at its mean level (its batch's mean with per-batch statistics) is a zero
         token, so the encoder reads how a cell departs from the mean rather than which
-        genes its batch tends to detect. ``"additive"``: token =
+        genes its batch tends to detect. ``None``: ``"centred"`` with two or more batches,
+        else ``"scale"``. ``"additive"``: token =
         embedding + MLP(value), which survives normalisation and lets attention depend on
         how much a gene is expressed. ``"identity"``: token = embedding, i.e. only which
         genes are detected (what the release's LayerNorm leaves of its tokens).
@@ -99,7 +100,7 @@ class Exceiver(nn.Module):
         ff_dim: int = 2048,
         cross_mlp_ratio: int = 1,
         head_hidden: int = 1,
-        value_encoding: Literal["scale", "centred", "additive", "identity"] = "scale",
+        value_encoding: Literal["scale", "centred", "additive", "identity"] | None = "scale",
         norm_tokens: bool = True,
         norm_first: bool = False,
         null_token: bool = False,
@@ -113,6 +114,8 @@ class Exceiver(nn.Module):
         batch_context: bool = False,
     ) -> None:
         super().__init__()
+        if value_encoding is None:
+            value_encoding = "centred" if n_batch >= 2 else "scale"
         if value_encoding not in ("scale", "centred", "additive", "identity"):
             raise ValueError(
                 "value_encoding must be 'scale', 'centred', 'additive' or 'identity', "
