@@ -46,6 +46,7 @@ def describe(preset: str) -> list[tuple[str, str, str]]:
         tokens = "only the cell's expressed genes are tokens\n(boolean key mask, padded per batch)"
     value = {
         "scale": "token = value x E[g]",
+        "centred": "token = z-score x E[g]",
         "additive": "token = E[g] + MLP(value)",
         "identity": "token = E[g] (value ignored)",
     }[net.value_encoding]
