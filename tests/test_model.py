@@ -1,3 +1,4 @@
+import anndata
 import mudata
 import numpy as np
 import pytest
@@ -118,6 +119,16 @@ def test_paper_preset_trains_and_learns(pbmc_small):
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
     z = model.get_latent_representation()
     assert z.shape == (adata.n_obs, 512)
+
+
+@pytest.mark.parametrize(("n_cells", "epochs"), [(200, 400), (600, 400), (4_000, 100)])
+def test_default_epochs_see_about_400k_cells_at_most_400_epochs(pbmc_small, n_cells, epochs):
+    genes = pbmc_small[:, :500]
+    adata = anndata.AnnData(genes.X[np.resize(np.arange(genes.n_obs), n_cells)], var=genes.var)
+    ExceiverModel.setup_anndata(adata)
+    model = ExceiverModel(adata)
+    model.train(max_steps=1, early_stopping=False, enable_progress_bar=False)
+    assert model.trainer.max_epochs == epochs
 
 
 def test_batch_key_conditions_the_decoder(pbmc_small):

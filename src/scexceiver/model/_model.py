@@ -40,7 +40,7 @@ from scexceiver.train._checkpoint import resolve_resume
 
 from . import _persist
 from ._fields import GenePanelLayerField, MuDataGenePanelLayerField
-from ._presets import TRAINING, resolve_preset
+from ._presets import TRAINING, default_max_epochs, resolve_preset
 from ._query import load_query_data
 
 logger = logging.getLogger(__name__)
@@ -549,8 +549,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Maximum number of epochs; ``None`` picks ``clip(20_000 / n_cells * 20, 10,
-            200)`` (more epochs for small datasets).
+            Maximum number of epochs; ``None`` picks ``clip(400_000 / n_cells, 10,
+            400)``, about 400,000 cells seen, at most 400 epochs (scVI's cap) for small
+            datasets (docs/quality.md: 200 epochs left 200 cells under-trained).
         lr, weight_decay, warmup_steps, batch_size
             Optimisation; ``None`` uses the preset's defaults (paper: 3e-4, 1e-5, 500,
             64; default: 1e-3, 1e-5, 100, 64).
@@ -632,7 +633,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         }
         batch_size = batch_size or defaults["batch_size"]
         if max_epochs is None:
-            max_epochs = int(np.clip(20_000 / self.adata.n_obs * 20, 10, 200))
+            max_epochs = default_max_epochs(self.adata.n_obs)
         if precision is None:
             precision = "bf16-mixed" if _uses_gpu(accelerator) else "32-true"
         datasplitter_kwargs = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 #: The released model's shapes and math (Connell et al. 2022, keiserlab/exceiver):
 #: dense tokens over the whole panel with the additive +1 float mask on zero genes,
 #: value-scaled tokens behind a LayerNorm, post-norm latent layers, masked genes only.
@@ -114,6 +116,17 @@ TRAINING: dict[str, dict[str, Any]] = {
     "default": {"lr": 1e-3, "weight_decay": 1e-5, "warmup_steps": 100, "batch_size": 64},
 }
 TRAINING["integration"] = dict(TRAINING["default"])
+
+
+def default_max_epochs(n_cells: int) -> int:
+    """Epochs of ``ExceiverModel.train(max_epochs=None)``: about 400,000 cells seen.
+
+    Clipped to 10-400 epochs. The upper end (scVI's) matters for small datasets: 200
+    epochs left Wu 2020's 200 cells under-trained, and 250 to 1,000 scored alike
+    (docs/quality.md).
+    """
+    return int(np.clip(400_000 / max(n_cells, 1), 10, 400))
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": PAPER,
