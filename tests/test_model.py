@@ -131,6 +131,24 @@ def test_default_epochs_see_about_400k_cells_at_most_400_epochs(pbmc_small, n_ce
     assert model.trainer.max_epochs == epochs
 
 
+def test_early_stopping_is_opt_in(pbmc_small):
+    adata = pbmc_small[:200, :500].copy()
+    ExceiverModel.setup_anndata(adata)
+    epochs = {}
+    for early_stopping in (False, True):
+        model = ExceiverModel(adata)
+        model.train(
+            max_epochs=6,
+            early_stopping_patience=1,
+            early_stopping_min_delta=10.0,  # no epoch ever counts as an improvement
+            enable_progress_bar=False,
+            check_val_every_n_epoch=1,
+            **({"early_stopping": True} if early_stopping else {}),
+        )
+        epochs[early_stopping] = len(model.history["train_loss"])
+    assert epochs == {False: 6, True: 2}
+
+
 def test_batch_key_conditions_the_decoder(pbmc_small):
     adata = pbmc_small.copy()
     adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")

@@ -23,7 +23,7 @@
 # To keep the documentation build to a few minutes on a 2-core CPU, this tutorial trains
 # for `MAX_EPOCHS = 10` epochs. That is enough to see structure, not to get the best
 # embedding: use 50 or more epochs (or `max_epochs=None`, which picks a number from the
-# dataset size, with early stopping) for real work, ideally on a GPU.
+# dataset size) for real work, ideally on a GPU.
 # ```
 
 # %%

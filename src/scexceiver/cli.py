@@ -80,7 +80,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         devices=args.devices,
         precision=args.precision,
-        early_stopping=not args.no_early_stopping,
+        early_stopping=args.early_stopping,
         check_val_every_n_epoch=1,
         datasplitter_kwargs={"num_workers": args.num_workers},
     )
@@ -176,7 +176,12 @@ def _add_pretrain(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, help="cells per minibatch (default: preset's, 64)")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
-    p.add_argument("--no-early-stopping", action="store_true", help="train for all --max-epochs")
+    p.add_argument(
+        "--early-stopping",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="stop when the validation loss stops improving (default: train all epochs)",
+    )
     p.add_argument(
         "--accelerator", default="auto", help="cpu, gpu or auto (default: a GPU when present)"
     )
