@@ -171,7 +171,7 @@ def prepare(adata: ad.AnnData) -> ad.AnnData:
 
 
 def batch_scaled_pca(log_norm: ad.AnnData, n_comps: int) -> np.ndarray:
-    """PCA of log CP10k with each gene scaled within each batch (clipped at 10)."""
+    """PCA of log CP10k with each gene scaled within each batch (clipped to ±10)."""
     scaled = np.zeros(log_norm.shape, dtype=np.float32)
     for batch in log_norm.obs["batch"].cat.categories:
         cells = (log_norm.obs["batch"] == batch).to_numpy()
@@ -274,8 +274,10 @@ def umap_panel(datasets: dict[str, ad.AnnData], keys: list[str], path: Path) -> 
 
 def report(rows: list[dict], setup: dict, out: Path) -> None:
     """Print the table (mean ± sd over seeds) and write the JSON."""
-    table = pd.DataFrame(rows).reindex(columns=[*pd.DataFrame(rows), "epochs", "seconds"])
-    table = table.loc[:, ~table.columns.duplicated()]
+    table = pd.DataFrame(rows)
+    for column in ("epochs", "seconds"):  # absent when only the baselines ran
+        if column not in table:
+            table[column] = np.nan
     columns = ["bio_conservation", "batch_correction", "total", "knn_macro_f1"]
     columns = [c for c in columns if c in table]
     summary = table.groupby(["dataset", "method"], sort=False)[[*columns, "epochs", "seconds"]]
