@@ -56,6 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
+import scipy.sparse as sp
 import scvi
 import torch
 
@@ -172,13 +173,10 @@ def prepare(adata: ad.AnnData) -> ad.AnnData:
 
 def batch_scaled_pca(log_norm: ad.AnnData, n_comps: int) -> np.ndarray:
     """PCA of log CP10k with each gene scaled within each batch (clipped to ±10)."""
-    scaled = np.zeros(log_norm.shape, dtype=np.float32)
-    for batch in log_norm.obs["batch"].cat.categories:
-        cells = (log_norm.obs["batch"] == batch).to_numpy()
-        part = log_norm[cells].copy()
-        sc.pp.scale(part, max_value=10)
-        scaled[cells] = np.asarray(part.X)
-    view = ad.AnnData(scaled, obs=log_norm.obs[[]])
+    dense = log_norm.X.toarray() if sp.issparse(log_norm.X) else np.array(log_norm.X)
+    view = ad.AnnData(dense, obs=log_norm.obs[["batch"]])
+    for batch in view.obs["batch"].cat.categories:
+        sc.pp.scale(view, max_value=10, mask_obs=(view.obs["batch"] == batch).to_numpy())
     sc.pp.pca(view, n_comps=n_comps)
     return view.obsm["X_pca"]
 
