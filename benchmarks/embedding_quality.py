@@ -181,6 +181,16 @@ def batch_scaled_pca(log_norm: ad.AnnData, n_comps: int) -> np.ndarray:
     return view.obsm["X_pca"]
 
 
+def batch_centred(z: np.ndarray, batch: pd.Series) -> np.ndarray:
+    """Each embedding dimension centred and scaled within each batch."""
+    out = np.empty_like(z)
+    for b in batch.unique():
+        cells = (batch == b).to_numpy()
+        part = z[cells]
+        out[cells] = (part - part.mean(0)) / part.std(0).clip(min=1e-6)
+    return out
+
+
 def _epochs_run(model) -> int:
     """Completed epochs (0 when the wall-time cap stopped the first epoch)."""
     for key in ("train_loss_epoch", "train_loss"):
@@ -325,6 +335,7 @@ def main() -> None:
     parser.add_argument("--no-paper", action="store_true", help="skip the paper preset")
     parser.add_argument("--no-default", action="store_true", help="variants only")
     parser.add_argument("--no-scvi", action="store_true", help="skip scVI (exploring variants)")
+    parser.add_argument("--batch-centred", action="store_true", help="also batch-centred")
     parser.add_argument("--no-scib", action="store_true", help="kNN macro-F1 only")
     parser.add_argument(
         "--variant",
@@ -379,6 +390,11 @@ def main() -> None:
                 )
                 adata.obsm[f"{label} s{seed}"] = z
                 runs[f"{label} s{seed}"] = {"seed": seed, **info}
+                if args.batch_centred:
+                    adata.obsm[f"{label}, batch-centred s{seed}"] = batch_centred(
+                        z, adata.obs["batch"]
+                    )
+                    runs[f"{label}, batch-centred s{seed}"] = {"seed": seed, **info}
                 print(f"  trained {label} s{seed}: {info}", flush=True)
         keys = list(runs)
         scib = None if args.no_scib else scib_scores(adata, keys)
