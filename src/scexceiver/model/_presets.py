@@ -42,6 +42,7 @@ PAPER: dict[str, Any] = {
     "batch_context": False,
     "input_thinning": 0.0,
     "n_presence_queries": 0,
+    "cycle_consistency": 0.0,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -93,6 +94,7 @@ DEFAULT: dict[str, Any] = {
     "batch_context": True,
     "input_thinning": None,
     "n_presence_queries": 0,
+    "cycle_consistency": 0.0,
 }
 
 #: Per-batch standardisation and the N(0, 1) start of gene embeddings and latents,
@@ -144,6 +146,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "batch_context": False,
     "input_thinning": 0.0,
     "n_presence_queries": 0,
+    "cycle_consistency": 0.0,
 }
 
 

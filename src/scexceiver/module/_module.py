@@ -119,6 +119,16 @@ class ExceiverModule(BaseModuleClass):
         :meth:`~scexceiver.ExceiverModel.predict_expression`) calibrated. Must be even
         and at most ``2 * n_visible_queries``; the network gets a third query type.
         ``0`` disables them.
+    cycle_consistency
+        Weight of a cycle-consistency loss in training (after Hrovatin et al.'s sysVI):
+        the decoder predicts each cell's encoded genes as if the cell had been measured
+        in another batch (drawn uniformly from the others), the encoder reads that
+        translation as the other batch's input, and the loss adds this weight times
+        the squared distance between the two embeddings, divided by the minibatch's
+        spread of embeddings. An embedding that must not move when the cell is moved to
+        another batch keeps less of the batch. It needs ``n_batch >= 2`` and sparse
+        tokens; ``0`` disables it. The reported loss is the reconstruction error either
+        way, and the distance is logged as ``cycle_gap``.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -142,6 +152,7 @@ class ExceiverModule(BaseModuleClass):
         batch_standardise: bool | None = False,
         input_thinning: float | None = 0.0,
         n_presence_queries: int = 0,
+        cycle_consistency: float = 0.0,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -192,6 +203,16 @@ class ExceiverModule(BaseModuleClass):
                 f"got {input_thinning}."
             )
         self.input_thinning = input_thinning
+        if cycle_consistency < 0:
+            raise ValueError(f"cycle_consistency must be >= 0, got {cycle_consistency}.")
+        if cycle_consistency > 0 and (n_batch < 2 or token_mode != "sparse"):
+            raise ValueError(
+                f"cycle_consistency={cycle_consistency} needs at least two batches and "
+                f"token_mode='sparse', got {n_batch} batches and {token_mode!r}: set up the "
+                "AnnData with a batch_key of two or more batches, or leave "
+                "cycle_consistency=0."
+            )
+        self.cycle_consistency = cycle_consistency
         if (
             n_presence_queries < 0
             or n_presence_queries % 2
@@ -387,6 +408,7 @@ class ExceiverModule(BaseModuleClass):
             "target": None,
             "query_valid": None,
             "query_masked": None,
+            "cycle_gap": None,
         }
         if masking:
             draw = draw_masked_tokens(
@@ -410,6 +432,10 @@ class ExceiverModule(BaseModuleClass):
         latents, weights = self.network.encode(
             enc_idx, enc_values, attn_mask, batch_index, return_weights=return_weights
         )
+        if masking and self.training and self.cycle_consistency > 0:
+            out["cycle_gap"] = self._cycle_gap(
+                latents, enc_idx, attn_mask, batch_index, library_size, generator
+            )
         sample, kl = latents, None
         if self.bottleneck is not None:
             sample, kl = self.bottleneck(latents, generator)
@@ -423,6 +449,38 @@ class ExceiverModule(BaseModuleClass):
             library=self.normalizer.library(library_size),
         )
         return out
+
+    def _cycle_gap(
+        self,
+        latents: torch.Tensor,
+        gene_idx: torch.Tensor,
+        keep: torch.Tensor,
+        batch_index: torch.Tensor,
+        library_size: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Relative distance between the cells' embeddings and their translations'.
+
+        Each cell's encoded genes ``gene_idx`` (b, n) where ``keep`` are decoded as if
+        the cell were from another batch, standardised as that batch's input and
+        encoded again (see ``cycle_consistency``).
+        """
+        n_batch = self.network.n_batch
+        shift = torch.randint(
+            1, n_batch, batch_index.shape, generator=generator, device=gene_idx.device
+        )
+        other = (batch_index.long() + shift) % n_batch
+        query_type = torch.full_like(gene_idx, QUERY_EXPRESSED)
+        predicted = self.network.decode(
+            latents, gene_idx, other, query_type, self.normalizer.library(library_size)
+        )
+        values = self.normalizer.standardise(
+            self.normalizer.log_values(predicted, gene_idx),
+            gene_idx,
+            other if self.batch_standardise else None,
+        )
+        translated, _ = self.network.encode(gene_idx, values, keep, other)
+        return relative_gap(self.embed(latents), self.embed(translated))
 
     def _decoder_queries(
         self,
@@ -511,10 +569,11 @@ class ExceiverModule(BaseModuleClass):
         :meth:`gene_loss_weights`); ``masked_mse`` is always the unweighted error on
         processed values of the masked genes. With a batch adversary the loss's gradient
         also carries the adversary's two losses, and with ``latent_kl`` the weighted KL
-        divergence, but its value stays the reconstruction error (comparable across
-        models and epochs, and what early stopping watches); the classifier's
-        cross-entropy is reported as ``batch_adversary_ce`` and the KL divergence per
-        latent dimension as ``latent_kl``.
+        divergence, and with ``cycle_consistency`` the weighted cycle gap, but its value
+        stays the reconstruction error (comparable across models and epochs, and what
+        early stopping watches). The classifier's cross-entropy is reported as
+        ``batch_adversary_ce``, the KL divergence per latent dimension as ``latent_kl``
+        and the cycle gap as ``cycle_gap``.
         """
         valid = inference_outputs["query_valid"].float()
         masked = inference_outputs["query_masked"].float()
@@ -532,6 +591,10 @@ class ExceiverModule(BaseModuleClass):
             adversarial = batch_ce + confusion
             loss = loss + (adversarial - adversarial.detach())
             metrics["batch_adversary_ce"] = batch_ce.detach()
+        if inference_outputs.get("cycle_gap") is not None:
+            gap = inference_outputs["cycle_gap"]
+            loss = loss + self.cycle_consistency * (gap - gap.detach())
+            metrics["cycle_gap"] = gap.detach()
         if self.bottleneck is not None:
             kl = inference_outputs["latent_kl"].mean()
             loss = loss + self.latent_kl * (kl - kl.detach())
@@ -642,6 +705,16 @@ def _draw_genes(
         generator=generator,
     )
     return genes, eligible.gather(1, genes) & ~empty
+
+
+def relative_gap(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between paired embeddings (b, d), over their spread.
+
+    The spread is each set's mean squared distance to its own mean, summed over the two
+    sets: ``0`` when every pair coincides, about ``2`` for pairs drawn independently.
+    """
+    spread = sum((e - e.mean(0)).square().sum(1).mean() for e in (first, second))
+    return 2 * (first - second).square().sum(1).mean() / spread.clamp(min=1e-8)
 
 
 def thin_counts(

@@ -94,10 +94,29 @@ class ExpressionNormalizer(nn.Module):
         ``batch_index`` (b, 1), each cell is standardised by its batch's statistics.
         """
         scale = self.target_sum / library_size.clamp(min=1.0).unsqueeze(-1)
+        return self.standardise(torch.log1p(counts * scale), gene_idx, batch_index)
+
+    def standardise(
+        self,
+        log_values: torch.Tensor,
+        gene_idx: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Processed values of ``log1p(CP10k)`` values (b, n) of genes ``gene_idx`` (b, n).
+
+        Given ``batch_index`` (b, 1), each cell is standardised by its batch's statistics.
+        """
         if batch_index is None or self.batch_mean is None:
             mean, std = self.mean[gene_idx], self.std[gene_idx]
         else:
             rows = batch_index.view(-1, 1).long()
             mean, std = self.batch_mean[rows, gene_idx], self.batch_std[rows, gene_idx]
-        z = (torch.log1p(counts * scale) - mean) / std
+        z = (log_values - mean) / std
         return z.clamp(max=self.clip) + 1.0
+
+    def log_values(self, values: torch.Tensor, gene_idx: torch.Tensor) -> torch.Tensor:
+        """``log1p(CP10k)`` values of processed values (b, n) under the pooled statistics.
+
+        The inverse of :meth:`forward` without batch codes, up to the clip.
+        """
+        return (values - 1.0) * self.std[gene_idx] + self.mean[gene_idx]
