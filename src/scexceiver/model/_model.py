@@ -74,7 +74,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         of ``adata``. Data with other genes are aligned to it by key (:meth:`align_genes`).
     **model_kwargs
         Overrides of the preset's module configuration, e.g. ``n_latents``, ``dim``,
-        ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``; see
+        ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``, or
+        ``cycle_consistency=1`` for batches that hold the same cell populations (the
+        highest scib total on Kang 2018, see the docs' quality page); see
         :class:`~scexceiver.module.ExceiverModule` and :class:`~scexceiver.module.Exceiver`.
 
     Examples
