@@ -43,6 +43,7 @@ PAPER: dict[str, Any] = {
     "input_thinning": 0.0,
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
+    "neighbour_preservation": 0.0,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -95,6 +96,7 @@ DEFAULT: dict[str, Any] = {
     "input_thinning": None,
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
+    "neighbour_preservation": 0.0,
 }
 
 #: Per-batch standardisation and the N(0, 1) start of gene embeddings and latents,
@@ -147,6 +149,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "input_thinning": 0.0,
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
+    "neighbour_preservation": 0.0,
 }
 
 

@@ -14,6 +14,7 @@ from ._adversary import BatchAdversary
 from ._bottleneck import GaussianLatents
 from ._exceiver import Exceiver
 from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
+from ._neighbours import input_neighbours, neighbour_cross_entropy
 from ._normalize import ExpressionNormalizer
 from ._select import keep_top_genes
 
@@ -23,6 +24,9 @@ QUERY_ANY = 1
 QUERY_PRESENCE = 2
 #: Depth augmentation (``input_thinning``) of the default preset with two or more batches.
 _BATCH_INPUT_THINNING = 0.8
+#: Neighbours per cell, and the softmax temperature, of ``neighbour_preservation``.
+_NEIGHBOURS = 5
+_NEIGHBOUR_TEMPERATURE = 0.1
 
 
 class ExceiverModule(BaseModuleClass):
@@ -129,6 +133,19 @@ class ExceiverModule(BaseModuleClass):
         another batch keeps less of the batch. It needs ``n_batch >= 2`` and sparse
         tokens; ``0`` disables it. The reported loss is the reconstruction error either
         way, and the distance is logged as ``cycle_gap``.
+    neighbour_preservation
+        Weight of a loss in training that keeps each cell's nearest neighbours in its
+        input near it in the embedding. Per minibatch, a cell's 5 neighbours are the
+        cells of highest cosine similarity of their expression over the whole panel,
+        standardised as the encoder's input (per batch with ``batch_standardise``,
+        undetected genes included, unmeasured ones at 0), from the uncorrupted counts.
+        The loss is the cross-entropy of those neighbours under a softmax (temperature
+        0.1) over the cosine similarities of the cells' embeddings. The input's
+        neighbours are fixed, so the loss cannot merge populations the input tells
+        apart; with per-batch standardisation they cross batches, so the embedding
+        keeps less of the batch. ``0`` disables it. The reported loss is the
+        reconstruction error either way, and the cross-entropy is logged as
+        ``neighbour_loss``.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`.
     """
@@ -153,6 +170,7 @@ class ExceiverModule(BaseModuleClass):
         input_thinning: float | None = 0.0,
         n_presence_queries: int = 0,
         cycle_consistency: float = 0.0,
+        neighbour_preservation: float = 0.0,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -213,6 +231,9 @@ class ExceiverModule(BaseModuleClass):
                 "cycle_consistency=0."
             )
         self.cycle_consistency = cycle_consistency
+        if neighbour_preservation < 0:
+            raise ValueError(f"neighbour_preservation must be >= 0, got {neighbour_preservation}.")
+        self.neighbour_preservation = neighbour_preservation
         if (
             n_presence_queries < 0
             or n_presence_queries % 2
@@ -409,6 +430,7 @@ class ExceiverModule(BaseModuleClass):
             "query_valid": None,
             "query_masked": None,
             "cycle_gap": None,
+            "neighbour_loss": None,
         }
         if masking:
             draw = draw_masked_tokens(
@@ -436,6 +458,14 @@ class ExceiverModule(BaseModuleClass):
             out["cycle_gap"] = self._cycle_gap(
                 latents, enc_idx, attn_mask, batch_index, library_size, generator
             )
+        if masking and self.training and self.neighbour_preservation > 0:
+            target = input_neighbours(
+                self._standardised_panel(*all_tokens, library_size, batch_index, measured_genes),
+                _NEIGHBOURS,
+            )
+            out["neighbour_loss"] = neighbour_cross_entropy(
+                self.embed(latents), target, _NEIGHBOUR_TEMPERATURE
+            )
         sample, kl = latents, None
         if self.bottleneck is not None:
             sample, kl = self.bottleneck(latents, generator)
@@ -449,6 +479,27 @@ class ExceiverModule(BaseModuleClass):
             library=self.normalizer.library(library_size),
         )
         return out
+
+    @torch.no_grad()
+    def _standardised_panel(
+        self,
+        gene_idx: torch.Tensor,
+        counts: torch.Tensor,
+        library_size: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        measured_genes: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Z-scores (b, n_genes) of each cell's whole panel, as the encoder standardises.
+
+        Undetected genes get their z-score of zero counts; genes a cell's source did not
+        measure get 0.
+        """
+        panel, dense = self._densify(gene_idx, counts)
+        z = self.normalizer(
+            dense, library_size, panel, batch_index if self.batch_standardise else None
+        )
+        z = z - 1.0
+        return z if measured_genes is None else z * measured_genes
 
     def _cycle_gap(
         self,
@@ -569,11 +620,12 @@ class ExceiverModule(BaseModuleClass):
         :meth:`gene_loss_weights`); ``masked_mse`` is always the unweighted error on
         processed values of the masked genes. With a batch adversary the loss's gradient
         also carries the adversary's two losses, and with ``latent_kl`` the weighted KL
-        divergence, and with ``cycle_consistency`` the weighted cycle gap, but its value
+        divergence, with ``cycle_consistency`` the weighted cycle gap and with
+        ``neighbour_preservation`` the weighted neighbour loss, but its value
         stays the reconstruction error (comparable across models and epochs, and what
         early stopping watches). The classifier's cross-entropy is reported as
-        ``batch_adversary_ce``, the KL divergence per latent dimension as ``latent_kl``
-        and the cycle gap as ``cycle_gap``.
+        ``batch_adversary_ce``, the KL divergence per latent dimension as ``latent_kl``,
+        the cycle gap as ``cycle_gap`` and the neighbour loss as ``neighbour_loss``.
         """
         valid = inference_outputs["query_valid"].float()
         masked = inference_outputs["query_masked"].float()
@@ -595,6 +647,10 @@ class ExceiverModule(BaseModuleClass):
             gap = inference_outputs["cycle_gap"]
             loss = loss + self.cycle_consistency * (gap - gap.detach())
             metrics["cycle_gap"] = gap.detach()
+        if inference_outputs.get("neighbour_loss") is not None:
+            neighbour = inference_outputs["neighbour_loss"]
+            loss = loss + self.neighbour_preservation * (neighbour - neighbour.detach())
+            metrics["neighbour_loss"] = neighbour.detach()
         if self.bottleneck is not None:
             kl = inference_outputs["latent_kl"].mean()
             loss = loss + self.latent_kl * (kl - kl.detach())

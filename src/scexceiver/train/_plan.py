@@ -76,7 +76,7 @@ class ExceiverTrainingPlan(TrainingPlan):
             f"{mode}_loss": loss_output.loss,
             f"masked_mse_{mode}": loss_output.extra_metrics["masked_mse"],
         }
-        for name in ("batch_adversary_ce", "latent_kl", "cycle_gap"):
+        for name in ("batch_adversary_ce", "latent_kl", "cycle_gap", "neighbour_loss"):
             if name in loss_output.extra_metrics:
                 metrics[f"{name}_{mode}"] = loss_output.extra_metrics[name]
         self.log_dict(

@@ -1,0 +1,50 @@
+"""Each cell's nearest neighbours in its standardised input, kept near it in the embedding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def input_neighbours(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Target distribution over each cell's ``k`` most similar other cells.
+
+    Parameters
+    ----------
+    values
+        (b, g) the cells' standardised expression over a shared gene panel.
+    k
+        Neighbours per cell (at most ``b - 1`` are used).
+
+    Returns
+    -------
+    torch.Tensor
+        (b, b): row ``i`` is ``1 / k`` at the ``k`` cells of highest cosine similarity to
+        cell ``i`` in ``values`` (never ``i`` itself), else ``0``; all zeros when ``b < 2``.
+    """
+    b = values.shape[0]
+    target = values.new_zeros(b, b)
+    k = min(k, b - 1)
+    if k < 1:
+        return target
+    unit = F.normalize(values.float(), dim=1)
+    similarity = (unit @ unit.T).fill_diagonal_(-float("inf"))
+    nearest = similarity.topk(k, dim=1).indices
+    return target.scatter_(1, nearest, 1.0 / k)
+
+
+def neighbour_cross_entropy(
+    embedding: torch.Tensor, target: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy of ``target`` under a softmax over the embeddings' similarities.
+
+    Each cell's distribution over the other cells is the softmax of the cosine
+    similarities of the embeddings ``embedding`` (b, d) divided by ``temperature``; the
+    loss is the mean over cells of ``-sum_j target_ij log q_ij``. It is smallest when
+    every cell's target neighbours are its most similar cells in the embedding.
+    """
+    unit = F.normalize(embedding.float(), dim=1)
+    self_pairs = torch.eye(unit.shape[0], dtype=torch.bool, device=unit.device)
+    logits = (unit @ unit.T / temperature).masked_fill(self_pairs, -float("inf"))
+    log_q = torch.log_softmax(logits, dim=1).masked_fill(self_pairs, 0.0)
+    return -(target * log_q).sum(1).mean()

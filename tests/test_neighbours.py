@@ -1,0 +1,156 @@
+"""Input neighbours kept in the embedding (``neighbour_preservation``)."""
+
+import math
+
+import numpy as np
+import pytest
+import scvi
+import torch
+from scvi import REGISTRY_KEYS
+
+import scexceiver
+from scexceiver import ExceiverModel
+from scexceiver.data import gene_statistics, tokenize_counts
+from scexceiver.model._presets import resolve_preset
+from scexceiver.module import ExceiverModule
+from scexceiver.module._neighbours import input_neighbours, neighbour_cross_entropy
+
+SMALL = {"n_latents": 8, "dim": 32, "n_layers": 1, "ff_dim": 64, "head_hidden": 32}
+
+
+def test_input_neighbours_are_the_most_similar_other_cells():
+    generator = torch.Generator().manual_seed(0)
+    centres = 5 * torch.randn(4, 50, generator=generator)
+    groups = torch.arange(40) % 4
+    values = centres[groups] + torch.randn(40, 50, generator=generator)
+    target = input_neighbours(values, k=3)
+    torch.testing.assert_close(target.sum(1), torch.ones(40))
+    assert (target.diagonal() == 0).all()
+    assert ((target > 0).sum(1) == 3).all()
+    # every neighbour is from the cell's own group (10 cells each)
+    rows, cols = target.nonzero(as_tuple=True)
+    assert (groups[rows] == groups[cols]).all()
+    # cosine similarity: scaling a cell changes nothing
+    scaled = values * (0.5 + torch.rand(40, 1, generator=generator))
+    torch.testing.assert_close(input_neighbours(scaled, k=3), target)
+    # k is capped at the other cells; a single cell has none
+    assert ((input_neighbours(values[:3], k=5) > 0).sum(1) == 2).all()
+    assert input_neighbours(values[:1], k=5).sum() == 0
+
+
+def test_neighbour_cross_entropy_is_low_when_the_embedding_keeps_the_neighbours():
+    generator = torch.Generator().manual_seed(0)
+    groups = torch.arange(64) % 4
+    values = (5 * torch.randn(4, 30, generator=generator))[groups] + torch.randn(
+        64, 30, generator=generator
+    )
+    target = input_neighbours(values, k=5)
+    kept = neighbour_cross_entropy(values, target, temperature=0.1)
+    order = torch.randperm(64, generator=generator)
+    shuffled = neighbour_cross_entropy(values[order], target, temperature=0.1)
+    constant = neighbour_cross_entropy(torch.ones(64, 8), target, 0.1)
+    # a constant embedding spreads each cell evenly over the 63 others
+    assert constant.item() == pytest.approx(math.log(63), rel=1e-5)
+    # kept: about as if each cell were spread evenly over its 15 group mates (measured
+    # 2.63 against log 15 = 2.71); shuffled: worse than constant (measured 7.84)
+    assert kept.item() < math.log(15) < constant.item() < shuffled.item()
+
+
+def _module(adata, weight):
+    torch.manual_seed(0)
+    module = ExceiverModule(
+        adata.n_vars, 2, **resolve_preset("default", neighbour_preservation=weight, **SMALL)
+    )
+    stats = gene_statistics(adata.X)
+    module.fit_statistics(stats, [gene_statistics(adata.X[0::2]), gene_statistics(adata.X[1::2])])
+    return module
+
+
+def test_the_neighbour_loss_is_a_training_loss_only_with_its_weight(pbmc_small):
+    tokens = tokenize_counts(pbmc_small.X[:32])
+    tokens[REGISTRY_KEYS.BATCH_KEY] = (torch.arange(32) % 2).view(-1, 1)
+    plain, kept = _module(pbmc_small, 0.0), _module(pbmc_small, 2.0)
+    kept.load_state_dict(plain.state_dict())
+
+    def run(module):
+        return module(tokens, inference_kwargs={"generator": torch.Generator().manual_seed(1)})
+
+    plain.eval()
+    kept.eval()
+    with torch.no_grad():
+        assert run(kept)[0]["neighbour_loss"] is None
+        torch.testing.assert_close(run(kept)[2].loss, run(plain)[2].loss)
+    plain.train()
+    kept.train()
+    inference, _, out = run(kept)
+    plain_inference, _, reference = run(plain)
+    neighbour = inference["neighbour_loss"]
+    assert plain_inference["neighbour_loss"] is None
+    torch.testing.assert_close(out.loss, reference.loss)
+    torch.testing.assert_close(out.extra_metrics["neighbour_loss"], neighbour.detach())
+    assert 0 < neighbour.item() < 2 * math.log(31)
+    # the gradient is the plain module's (same weights, same draws) plus 2 x the loss's
+    latents = kept.network.latents
+    total = torch.autograd.grad(out.loss, latents, retain_graph=True)[0]
+    rec = torch.autograd.grad(reference.loss, plain.network.latents)[0]
+    from_neighbours = torch.autograd.grad(neighbour, latents)[0]
+    assert from_neighbours.abs().max() > 0
+    torch.testing.assert_close(total, rec + 2.0 * from_neighbours)
+
+
+def test_the_target_is_the_panel_standardised_per_batch(pbmc_small):
+    """The neighbours come from each cell's whole panel under its batch's statistics."""
+    module = _module(pbmc_small, 1.0)
+    tokens = tokenize_counts(pbmc_small.X[:8])
+    batch = (torch.arange(8) % 2).view(-1, 1)
+    z = module._standardised_panel(
+        tokens["gene_idx"], tokens["counts"], tokens["library_size"], batch, None
+    )
+    x = torch.as_tensor(pbmc_small.X[:8].toarray())
+    log_values = torch.log1p(1e4 * x / x.sum(1, keepdim=True))
+    normalizer = module.normalizer
+    n = pbmc_small.n_vars
+    mean = normalizer.batch_mean[batch.view(-1), :n]
+    std = normalizer.batch_std[batch.view(-1), :n]
+    expected = ((log_values - mean) / std).clamp(max=normalizer.clip)
+    torch.testing.assert_close(z, expected, atol=1e-4, rtol=1e-4)
+    # genes a cell's source did not measure are 0
+    measured = torch.ones(8, n, dtype=torch.bool)
+    measured[:, : n // 2] = False
+    masked = module._standardised_panel(
+        tokens["gene_idx"], tokens["counts"], tokens["library_size"], batch, measured
+    )
+    assert (masked[:, : n // 2] == 0).all()
+    torch.testing.assert_close(masked[:, n // 2 :], z[:, n // 2 :])
+
+
+def test_negative_neighbour_preservation_is_refused_before_training(pbmc_small):
+    adata = pbmc_small[:100].copy()
+    ExceiverModel.setup_anndata(adata)
+    before = adata.X.copy()
+    with pytest.raises(ValueError, match="neighbour_preservation must be >= 0"):
+        ExceiverModel(adata, neighbour_preservation=-1.0)
+    assert (adata.X != before).nnz == 0
+
+
+def test_neighbour_preservation_keeps_cell_types_and_mixes_batches(shifted, shifted_runs):
+    """Against the default trained alike (same size, seed, epochs and batches)."""
+    adata, _ = shifted
+    data = adata.copy()
+    ExceiverModel.setup_anndata(data, batch_key="batch")
+    scvi.settings.seed = 0
+    model = ExceiverModel(data, neighbour_preservation=3.0, **SMALL)
+    model.train(max_epochs=15, batch_size=64, early_stopping=False, enable_progress_bar=False)
+    history = model.history["neighbour_loss_train"]["neighbour_loss_train"].to_numpy(dtype=float)
+    # measured: the loss fell from 4.10 to 3.44 over 15 epochs
+    assert np.all(np.isfinite(history)) and history[-1] < history[0] - 0.3, history
+    embedding = model.get_latent_representation()
+    labels = data.obs["cell_type"].to_numpy()
+    default = shifted_runs["default"]
+    knn = scexceiver.tl.knn_label_accuracy(embedding, labels)["macro_f1"]
+    plain = scexceiver.tl.knn_label_accuracy(default["embedding"], labels)["macro_f1"]
+    mixing = scexceiver.tl.batch_mixing(embedding, data.obs["batch"].to_numpy())
+    # measured: kNN macro-F1 0.505 against the default's 0.352, batch mixing 0.972
+    # against 0.974 (1: as mixed as chance)
+    assert knn > plain + 0.08, (knn, plain)
+    assert mixing > default["mixing"] - 0.05, (mixing, default["mixing"])
