@@ -90,3 +90,67 @@ def shifted_runs(shifted):
             "masked_mse": error["masked_mse"],
         }
     return runs
+
+
+def _two_batch_module(adata, **overrides):
+    """A small default-preset module fitted on ``adata`` as two interleaved batches."""
+    from scexceiver.data import gene_statistics
+    from scexceiver.model._presets import resolve_preset
+    from scexceiver.module import ExceiverModule
+
+    small = {"n_latents": 8, "dim": 32, "n_layers": 1, "ff_dim": 64, "head_hidden": 32}
+    torch.manual_seed(0)
+    module = ExceiverModule(adata.n_vars, 2, **resolve_preset("default", **overrides, **small))
+    stats = gene_statistics(adata.X)
+    module.fit_statistics(stats, [gene_statistics(adata.X[0::2]), gene_statistics(adata.X[1::2])])
+    return module
+
+
+@pytest.fixture
+def training_only_loss(pbmc_small):
+    """Check that an opt-in loss acts in training only, through its weight alone.
+
+    Called with the module argument, its weight and the loss's output/metric name, it
+    compares a module with the weight to the same module without it (same weights, same
+    draws, 32 cells in two batches): in evaluation neither has the loss and both report
+    the same loss; in training the reported loss is still the reconstruction error, the
+    metric is the loss, and the gradient is the plain module's plus weight times the
+    loss's. Returns the loss.
+    """
+    from scvi import REGISTRY_KEYS
+
+    from scexceiver.data import tokenize_counts
+
+    def check(argument: str, weight: float, name: str) -> torch.Tensor:
+        tokens = tokenize_counts(pbmc_small.X[:32])
+        tokens[REGISTRY_KEYS.BATCH_KEY] = (torch.arange(32) % 2).view(-1, 1)
+        plain = _two_batch_module(pbmc_small, **{argument: 0.0})
+        weighted = _two_batch_module(pbmc_small, **{argument: weight})
+        weighted.load_state_dict(plain.state_dict())
+
+        def run(module):
+            generator = torch.Generator().manual_seed(1)
+            return module(tokens, inference_kwargs={"generator": generator})
+
+        plain.eval()
+        weighted.eval()
+        with torch.no_grad():
+            assert run(weighted)[0][name] is None
+            torch.testing.assert_close(run(weighted)[2].loss, run(plain)[2].loss)
+        plain.train()
+        weighted.train()
+        inference, _, out = run(weighted)
+        plain_inference, _, reference = run(plain)
+        extra = inference[name]
+        assert plain_inference[name] is None
+        torch.testing.assert_close(out.loss, reference.loss)
+        torch.testing.assert_close(out.extra_metrics[name], extra.detach())
+        latents = weighted.network.latents
+        total = torch.autograd.grad(out.loss, latents, retain_graph=True)[0]
+        rec = torch.autograd.grad(reference.loss, plain.network.latents)[0]
+        from_extra = torch.autograd.grad(extra, latents, retain_graph=True)[0]
+        assert from_extra.abs().max() > 0
+        torch.testing.assert_close(total, rec + weight * from_extra)
+        return extra.detach()
+
+    return check
