@@ -107,6 +107,12 @@ def _two_batch_module(adata, **overrides):
 
 
 @pytest.fixture
+def two_batch_module():
+    """Builder of a small default-preset module fitted on an AnnData as two batches."""
+    return _two_batch_module
+
+
+@pytest.fixture
 def training_only_loss(pbmc_small):
     """Check that an opt-in loss acts in training only, through its weight alone.
 

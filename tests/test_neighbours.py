@@ -9,9 +9,7 @@ import torch
 
 import scexceiver
 from scexceiver import ExceiverModel
-from scexceiver.data import gene_statistics, tokenize_counts
-from scexceiver.model._presets import resolve_preset
-from scexceiver.module import ExceiverModule
+from scexceiver.data import tokenize_counts
 from scexceiver.module._neighbours import input_neighbours, neighbour_cross_entropy
 
 SMALL = {"n_latents": 8, "dim": 32, "n_layers": 1, "ff_dim": 64, "head_hidden": 32}
@@ -62,12 +60,9 @@ def test_the_neighbour_loss_is_a_training_loss_only_with_its_weight(training_onl
     assert math.log(5) < neighbour.item() < 2 * math.log(31)
 
 
-def test_the_target_is_the_panel_standardised_per_batch(pbmc_small):
+def test_the_target_is_the_panel_standardised_per_batch(pbmc_small, two_batch_module):
     """The neighbours come from each cell's whole panel under its batch's statistics."""
-    config = resolve_preset("default", neighbour_preservation=1.0, **SMALL)
-    module = ExceiverModule(pbmc_small.n_vars, 2, **config)
-    halves = [gene_statistics(pbmc_small.X[0::2]), gene_statistics(pbmc_small.X[1::2])]
-    module.fit_statistics(gene_statistics(pbmc_small.X), halves)
+    module = two_batch_module(pbmc_small, neighbour_preservation=1.0)
     tokens = tokenize_counts(pbmc_small.X[:8])
     batch = (torch.arange(8) % 2).view(-1, 1)
     z = module._standardised_panel(
