@@ -4,6 +4,7 @@ from ._blocks import BlockCache, ChunkedReadDataset
 from ._chunks import ChunkShuffleSampler
 from ._corpus import open_h5ad_corpus
 from ._loader import ExceiverDataLoader, ExceiverDataSplitter
+from ._neighbourhoods import NeighbourhoodSampler, nearest_cells
 from ._sampler import LengthGroupedSampler
 from ._stats import GeneStatistics, gene_statistics
 from ._tokenize import collate_tokens, tokenize_counts
@@ -28,12 +29,14 @@ __all__ = [
     "GeneStatistics",
     "GeneVocabulary",
     "LengthGroupedSampler",
+    "NeighbourhoodSampler",
     "check_counts",
     "check_obs_key",
     "collate_tokens",
     "counts_matrix",
     "gene_keys",
     "gene_statistics",
+    "nearest_cells",
     "open_h5ad_corpus",
     "tokenize_counts",
     "validate_setup",

@@ -10,6 +10,7 @@ from scvi.dataloaders import AnnDataLoader, DataSplitter
 
 from ._blocks import BlockCache, ChunkedReadDataset
 from ._chunks import ChunkShuffleSampler
+from ._neighbourhoods import use_neighbourhoods
 from ._sampler import use_length_buckets
 from ._tokenize import collate_tokens
 
@@ -47,6 +48,12 @@ class ExceiverDataLoader(AnnDataLoader):
     chunk_size, window_chunks
         Rows per block and blocks shuffled together (see
         :class:`~scexceiver.data.ChunkShuffleSampler`).
+    neighbourhoods
+        When shuffling, (cells, k) positions into ``indices`` of each cell's nearest
+        cells: minibatches are then made of neighbourhoods of ``neighbourhood_size``
+        cells (:class:`~scexceiver.data.NeighbourhoodSampler`). ``None``: plain shuffling.
+    neighbourhood_size
+        Cells per neighbourhood.
     **kwargs
         Keyword arguments of :class:`~scvi.dataloaders.AnnDataLoader`.
     """
@@ -62,6 +69,8 @@ class ExceiverDataLoader(AnnDataLoader):
         chunked: bool = False,
         chunk_size: int = 256,
         window_chunks: int = 8,
+        neighbourhoods: np.ndarray | None = None,
+        neighbourhood_size: int = 4,
         **kwargs,
     ) -> None:
         kwargs["load_sparse_tensor"] = True
@@ -76,7 +85,13 @@ class ExceiverDataLoader(AnnDataLoader):
             )
         bucketing = length_bucketing and shuffle
         chunked = chunked and shuffle
-        if bucketing:
+        grouped = neighbourhoods is not None and shuffle
+        if grouped and (bucketing or chunked):
+            raise ValueError(
+                "neighbourhood minibatches cannot be combined with length_bucketing or "
+                "chunked reading; pass length_bucketing=False and chunked=False."
+            )
+        if bucketing or grouped:
             kwargs["shuffle"] = False
         if chunked:
             # the counts come from the blocks; the chunk sampler shards ranks itself
@@ -88,6 +103,8 @@ class ExceiverDataLoader(AnnDataLoader):
         counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         if bucketing:
             use_length_buckets(self, counts, seed=settings.seed)
+        if grouped:
+            use_neighbourhoods(self, neighbourhoods, neighbourhood_size, seed=settings.seed)
         if chunked:
             self.dataset.dataset = ChunkedReadDataset(
                 self.dataset.dataset,

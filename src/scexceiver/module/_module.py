@@ -136,14 +136,17 @@ class ExceiverModule(BaseModuleClass):
     neighbour_preservation
         Weight of a loss in training that keeps each cell's nearest neighbours in its
         input near it in the embedding. Per minibatch, a cell's 5 neighbours are the
-        cells of highest cosine similarity of their expression over the whole panel,
+        cells of highest cosine similarity of their expression over the whole panel
+        (:meth:`standardised_input`),
         standardised as the encoder's input (per batch with ``batch_standardise``,
         undetected genes included, unmeasured ones at 0), from the uncorrupted counts.
         The loss is the cross-entropy of those neighbours under a softmax (temperature
         0.1) over the cosine similarities of the cells' embeddings. The input's
         neighbours are fixed, so the loss cannot merge populations the input tells
         apart; with per-batch standardisation they cross batches, so the embedding
-        keeps less of the batch. ``0`` disables it. The reported loss is the
+        keeps less of the batch. :meth:`~scexceiver.ExceiverModel.train` makes the
+        minibatches of neighbourhoods in the whole training set, so each cell's nearest
+        cells are in its minibatch. ``0`` disables it. The reported loss is the
         reconstruction error either way, and the cross-entropy is logged as
         ``neighbour_loss``.
     **network_kwargs
@@ -479,6 +482,22 @@ class ExceiverModule(BaseModuleClass):
             library=self.normalizer.library(library_size),
         )
         return out
+
+    def standardised_input(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each cell's whole panel (b, n_genes), standardised as the encoder reads it.
+
+        The same z-scores that ``neighbour_preservation`` compares cells by: per batch
+        with ``batch_standardise``, undetected genes at their z-score of zero counts,
+        genes the cell's source did not measure at 0.
+        """
+        inputs = self._get_inference_input(tensors)
+        return self._standardised_panel(
+            inputs["gene_idx"],
+            inputs["counts"],
+            inputs["library_size"],
+            inputs["batch_index"],
+            inputs["measured_genes"],
+        )
 
     @torch.no_grad()
     def _standardised_panel(

@@ -1,0 +1,188 @@
+"""Minibatches of input neighbourhoods: each cell comes with its nearest cells in the data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from scipy import sparse
+from torch.utils.data import BatchSampler, Sampler
+
+
+class NeighbourhoodSampler(Sampler[int]):
+    """Shuffled order of cells in which each cell is followed by some of its neighbours.
+
+    Each epoch, the cells are visited in a fresh random order; each visited cell is
+    yielded together with ``group_size - 1`` distinct cells drawn at random from its
+    row of ``neighbours``. Batching the yielded positions in runs of a multiple of
+    ``group_size`` (as a :class:`~torch.utils.data.BatchSampler` does) gives minibatches
+    made of whole neighbourhoods, so a loss that compares each cell with its nearest
+    cells in the dataset finds them in its minibatch. An epoch yields as many positions
+    as there are cells; a cell may come more than once, or not at all.
+
+    Parameters
+    ----------
+    neighbours
+        (cells, k) positions of each cell's ``k`` nearest other cells.
+    group_size
+        Cells per neighbourhood (the visited cell and ``group_size - 1`` neighbours), at
+        most ``k + 1``.
+    seed
+        Seed of the order and the draws; epoch ``e`` uses ``seed + e``. ``None`` draws
+        one from torch's global generator.
+    """
+
+    def __init__(
+        self, neighbours: np.ndarray, group_size: int, *, seed: int | None = None
+    ) -> None:
+        neighbours = np.asarray(neighbours)
+        if neighbours.ndim != 2 or not 1 <= group_size <= neighbours.shape[1] + 1:
+            raise ValueError(
+                f"neighbours must be (cells, k) and 1 <= group_size <= k + 1; got shape "
+                f"{neighbours.shape} and group_size {group_size}."
+            )
+        self.neighbours = torch.as_tensor(neighbours, dtype=torch.int64)
+        self.group_size = group_size
+        self.seed = int(torch.randint(2**31, ())) if seed is None else seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch as epoch ``epoch`` (Lightning calls it every epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.neighbours)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        n, k = self.neighbours.shape
+        visits = torch.randperm(n, generator=generator)[: -(-n // self.group_size)]
+        # a random ranking of each visited cell's neighbours; its first group_size - 1
+        picks = torch.rand(len(visits), k, generator=generator).argsort(dim=1)
+        chosen = self.neighbours[visits].gather(1, picks[:, : self.group_size - 1])
+        yield from torch.cat([visits[:, None], chosen], dim=1).flatten()[:n].tolist()
+
+
+def use_neighbourhoods(loader, neighbours: np.ndarray, group_size: int, *, seed: int | None):
+    """Make a shuffling :class:`~scvi.dataloaders.AnnDataLoader` batch neighbourhoods.
+
+    ``loader`` must have been built with ``shuffle=False`` and its default sampler;
+    ``neighbours`` holds positions into its ``indices``. Its batches are then drawn by
+    a :class:`NeighbourhoodSampler`.
+    """
+    if not isinstance(loader.sampler, BatchSampler):
+        raise ValueError(
+            "neighbourhood minibatches need the loader's default sampler; they cannot be "
+            "combined with sampler= or distributed_sampler=True."
+        )
+    if len(neighbours) != len(loader.indices):
+        raise ValueError(
+            f"neighbours has {len(neighbours)} rows for a loader of {len(loader.indices)} cells."
+        )
+    sampler = NeighbourhoodSampler(neighbours, group_size, seed=seed)
+    loader.sampler.sampler = sampler
+    loader.sampler.set_epoch = sampler.set_epoch
+
+
+def nearest_cells(
+    chunks: Callable[[], Iterable[np.ndarray]],
+    n_cells: int,
+    k: int,
+    *,
+    n_comps: int = 50,
+    power_iterations: int = 3,
+    seed: int = 0,
+) -> np.ndarray:
+    """Each cell's ``k`` nearest other cells by cosine similarity of its principal components.
+
+    The principal components come from a randomised SVD with power iterations (Halko
+    et al. 2011) in ``2 x power_iterations + 2`` passes over the cells, so the (cells,
+    genes) matrix is never held whole. The
+    neighbours are found by :func:`scanpy.pp.neighbors` (exact for a few thousand cells,
+    approximate with pynndescent beyond).
+
+    Parameters
+    ----------
+    chunks
+        Called once per pass; returns the rows of the (cells, genes) matrix in order, as
+        dense float arrays of any number of rows.
+    n_cells
+        Number of rows.
+    k
+        Neighbours per cell (at most ``n_cells - 1``).
+    n_comps
+        Principal components (at most the number of genes and of cells).
+    power_iterations
+        Rounds that sharpen the randomised SVD. On the PBMC 3k + 68k cells' 765 genes,
+        a cell's 15 neighbours shared its cell type 61 % of the time without them, 87 %
+        with 3, as with exact PCA.
+    seed
+        Seed of the random projection and of the neighbour search.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_cells, k) int64 row positions; a row with fewer than ``k`` distinct
+        neighbours (duplicated cells) repeats its nearest ones.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    if n_cells < 2:
+        raise ValueError(f"nearest_cells needs at least 2 cells, got {n_cells}.")
+    k = min(k, n_cells - 1)
+    rng = np.random.default_rng(seed)
+    sketch, parts, total = None, [], 0.0
+    for rows in chunks():
+        if sketch is None:
+            width = min(n_comps + 10, rows.shape[1], n_cells)
+            sketch = rng.standard_normal((rows.shape[1], width)).astype(np.float32)
+        parts.append(rows @ sketch)
+        total = total + rows.sum(0, dtype=np.float64)
+    mean = (total / n_cells).astype(np.float32)
+    basis = _orthonormal(np.concatenate(parts) - mean @ sketch)  # range of the centred rows
+    for _ in range(power_iterations):
+        basis = _orthonormal(
+            _times(chunks, _orthonormal(_transposed_times(chunks, basis, mean)), mean)
+        )
+    genes = _transposed_times(chunks, basis, mean)
+    left, singular, _ = np.linalg.svd(genes.T, full_matrices=False)
+    n_comps = min(n_comps, len(singular))
+    scores = (basis @ left[:, :n_comps]) * singular[:n_comps]
+    view = ad.AnnData(obsm={"X_input": scores.astype(np.float32)})
+    sc.pp.neighbors(view, n_neighbors=k + 1, use_rep="X_input", metric="cosine", random_state=seed)
+    return _rows_of(view.obsp["distances"], k)
+
+
+def _orthonormal(m: np.ndarray) -> np.ndarray:
+    return np.linalg.qr(m)[0]
+
+
+def _times(chunks, right: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The centred rows times ``right`` (genes, width): (cells, width)."""
+    return np.concatenate([rows @ right for rows in chunks()]) - mean @ right
+
+
+def _transposed_times(chunks, left: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The centred rows' transpose times ``left`` (cells, width): (genes, width)."""
+    total, start = 0.0, 0
+    for rows in chunks():
+        total = total + rows.T @ left[start : start + len(rows)]
+        start += len(rows)
+    return total - np.outer(mean, left.sum(0))
+
+
+def _rows_of(graph: sparse.csr_matrix, k: int) -> np.ndarray:
+    """(n, k) nearest columns of each row of a kNN distance graph, nearest first."""
+    graph = sparse.csr_matrix(graph)
+    out = np.empty((graph.shape[0], k), dtype=np.int64)
+    for i in range(graph.shape[0]):
+        lo, hi = graph.indptr[i], graph.indptr[i + 1]
+        cols = graph.indices[lo:hi][np.argsort(graph.data[lo:hi], kind="stable")]
+        cols = cols[cols != i]
+        if cols.size == 0:  # every other cell a duplicate at distance 0
+            cols = np.array([(i + 1) % graph.shape[0]])
+        out[i] = np.resize(cols, k)
+    return out
