@@ -82,11 +82,11 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     **model_kwargs
         Overrides of the preset's module configuration, e.g. ``n_latents``, ``dim``,
         ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``, or
-        ``cycle_consistency=1`` for batches that hold the same cell populations (the
-        highest scib total on Kang 2018, see the docs' quality page), or
+        ``cycle_consistency=1`` for batches that hold the same cell populations (scib
+        total above scVI's on Kang 2018, see the docs' quality page), or
         ``neighbour_preservation=3`` for embeddings whose neighbours are the cells'
-        neighbours in their batch-standardised input (on Kang 2018 the highest
-        scib total and kNN macro-F1 measured, at a higher masked-gene error); see
+        neighbours in their batch-standardised input (on Kang 2018 scib total and kNN
+        macro-F1 above scVI's, at a higher masked-gene error); see
         :class:`~scexceiver.module.ExceiverModule` and :class:`~scexceiver.module.Exceiver`.
 
     Examples
