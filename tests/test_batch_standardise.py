@@ -135,6 +135,8 @@ def test_the_integration_preset_trades_the_decoders_batch_options_for_a_large_st
         "batch_context": False,
         "embedding_std": None,
         "input_thinning": 0.0,
+        "neighbour_preservation": 0.0,
+        "tie_gene_embeddings": True,
     }
     assert TRAINING["integration"] == TRAINING["default"]
 

@@ -12,6 +12,8 @@ def _network(n_genes, preset, **overrides):
     shared = {"n_genes", "n_batch", "network_kwargs"}
     module_only = set(inspect.signature(ExceiverModule).parameters) - shared
     config = {k: v for k, v in {**preset, **overrides}.items() if k not in module_only}
+    if config.get("tie_gene_embeddings", True) is None:  # as the module resolves it
+        config["tie_gene_embeddings"] = not preset.get("neighbour_preservation")
     return Exceiver(n_genes, **config)
 
 

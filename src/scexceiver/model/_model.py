@@ -59,7 +59,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
     A Perceiver IO over each cell's expressed genes: learned latent queries cross-attend
     to gene tokens scaled by expression, transformer layers refine the latents, and gene
     queries cross-attend back to predict held-out expression. The latents are the cell
-    embedding; the rows of the gene table are gene embeddings.
+    embedding; the rows of the decoder's gene table are gene embeddings.
 
     Parameters
     ----------
@@ -70,7 +70,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         ``"default"``: sparse tokens and the changes that make the architecture learn
         biology (see the docs); with two or more batches, also each batch's own
         input statistics, gene levels and decoder conditioning, which keep the batch
-        out of the latents. ``"paper"``: the released model's shapes and math
+        out of the latents, and ``neighbour_preservation=3`` with an encoder gene table
+        of its own (on Kang 2018 scib total and kNN macro-F1 above scVI's; see the
+        docs' quality page). ``"paper"``: the released model's shapes and math
         exactly (225,359 trainable parameters at 19,067 genes), for reproduction.
         ``"integration"``: per-batch input statistics with gene embeddings and latents
         started at N(0, 1), for batches (conditions, donors, runs) that hold the same
@@ -84,9 +86,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         ``n_layers``, ``batch_injection="encoder"``, ``readout="mean"``, or
         ``cycle_consistency=1`` for batches that hold the same cell populations (scib
         total above scVI's on Kang 2018, see the docs' quality page), or
-        ``neighbour_preservation=3`` for embeddings whose neighbours are the cells'
-        neighbours in their batch-standardised input (on Kang 2018 scib total and kNN
-        macro-F1 above scVI's, at a higher masked-gene error); see
+        ``neighbour_preservation=0`` to train a model of several batches without the
+        neighbour loss (needed for chunked reading or DDP); see
         :class:`~scexceiver.module.ExceiverModule` and :class:`~scexceiver.module.Exceiver`.
 
     Examples
@@ -642,7 +643,8 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "neighbour_preservation trains on minibatches of neighbourhoods, which "
                 "cannot be combined with chunked=True, length_bucketing=True or a "
                 "distributed strategy; pass chunked=False and length_bucketing=False and "
-                "train in one process, or build the model with neighbour_preservation=0."
+                "train in one process, or build the model with neighbour_preservation=0 "
+                "(the default preset turns it on for data of two or more batches)."
             )
         if chunked and distributed:
             # the chunk sampler shards the ranks; Lightning must not replace it
@@ -850,6 +852,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
 
     def get_gene_embeddings(self, adata: AnnData | None = None) -> np.ndarray:
         """Gene embeddings (rows of the gene table), aligned with ``adata.var``.
+
+        With untied tables (``tie_gene_embeddings=False``; the default preset's with
+        batches), the decoder's table: its gene queries, shaped by reconstruction alone.
 
         Parameters
         ----------

@@ -44,6 +44,7 @@ PAPER: dict[str, Any] = {
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
     "neighbour_preservation": 0.0,
+    "tie_gene_embeddings": True,
 }
 
 #: The same Perceiver design with the changes measurement showed are needed
@@ -61,7 +62,11 @@ PAPER: dict[str, Any] = {
 #: ``input_thinning=None``: 0.8 exactly then), the decoder still predicting every count,
 #: and each token is scaled by its gene's z-score under the batch's statistics, so a
 #: gene at its batch's mean level is a zero token (``value_encoding=None``: "centred"
-#: exactly then, else "scale").
+#: exactly then, else "scale"). Also with batches, training keeps each cell's nearest
+#: cells in its batch-standardised input near it in the embedding, on minibatches of
+#: input neighbourhoods (``neighbour_preservation=None``: 3 exactly then), and the
+#: encoder reads a gene table of its own (``tie_gene_embeddings=None``: untied exactly
+#: when that loss is on), which keeps the loss from costing reconstruction.
 DEFAULT: dict[str, Any] = {
     "token_mode": "sparse",
     "dense_mask": "boolean",
@@ -96,7 +101,8 @@ DEFAULT: dict[str, Any] = {
     "input_thinning": None,
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
-    "neighbour_preservation": 0.0,
+    "neighbour_preservation": None,
+    "tie_gene_embeddings": None,
 }
 
 #: Per-batch standardisation and the N(0, 1) start of gene embeddings and latents,
@@ -112,6 +118,8 @@ INTEGRATION: dict[str, Any] = DEFAULT | {
     "batch_context": False,
     "embedding_std": None,
     "input_thinning": 0.0,
+    "neighbour_preservation": 0.0,
+    "tie_gene_embeddings": True,
 }
 
 #: Optimisation defaults of each preset (``ExceiverModel.train`` arguments).
@@ -150,6 +158,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
     "neighbour_preservation": 0.0,
+    "tie_gene_embeddings": True,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -87,6 +88,12 @@ class Exceiver(nn.Module):
         MLP of the latent and the cell's batch, so the decoder can express batch effects
         that differ between cell states, as scVI's decoder reads its latent with the
         batch. Off with fewer than two batches.
+    tie_gene_embeddings
+        One gene table for the encoder's tokens and the decoder's queries (the release).
+        ``False`` gives the encoder a table of its own: then the decoder's queries, the
+        gene embeddings a model reports, are shaped by reconstruction alone, and a loss on
+        the cell embedding (``neighbour_preservation``) reaches the encoder's table only.
+        (:class:`~scexceiver.module.ExceiverModule` resolves ``None``.)
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class Exceiver(nn.Module):
         embedding_std: float | None = None,
         batch_output_bias: bool = False,
         batch_context: bool = False,
+        tie_gene_embeddings: bool = True,
     ) -> None:
         super().__init__()
         if value_encoding is None:
@@ -137,6 +145,14 @@ class Exceiver(nn.Module):
             nn.init.normal_(self.latents, std=embedding_std)
             with torch.no_grad():
                 self.gene_embedding.weight[n_genes].zero_()
+        # registered only when untied, so tied models keep their state dict's keys
+        self.encoder_gene_embedding = None
+        if not tie_gene_embeddings:
+            self.encoder_gene_embedding = copy.deepcopy(self.gene_embedding)
+            if embedding_std is not None:  # a draw of its own
+                nn.init.normal_(self.encoder_gene_embedding.weight, std=embedding_std)
+                with torch.no_grad():
+                    self.encoder_gene_embedding.weight[n_genes].zero_()
         self.value_encoder = (
             nn.Sequential(nn.Linear(1, dim), nn.GELU(), nn.Linear(dim, dim))
             if value_encoding == "additive"
@@ -229,7 +245,8 @@ class Exceiver(nn.Module):
 
     def gene_tokens(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Build tokens (b, n, dim) from gene indices and processed values (b, n)."""
-        embedding = self.gene_embedding(gene_idx)
+        table = self.encoder_gene_embedding or self.gene_embedding
+        embedding = table(gene_idx)
         if self.value_encoding == "scale":
             return values.unsqueeze(-1) * embedding
         if self.value_encoding == "centred":

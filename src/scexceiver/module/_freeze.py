@@ -10,6 +10,7 @@ from torch import nn
 #: Parameters indexed by gene, and the axis of the gene index.
 GENE_AXES = {
     "network.gene_embedding.weight": 0,
+    "network.encoder_gene_embedding.weight": 0,
     "network.output_bias": 1,
     "network.batch_output_bias": 2,
 }
@@ -56,7 +57,9 @@ def freeze_reference(
         for name, values in frozen.items():
             parameters[name].narrow(GENE_AXES[name], 0, n_reference_genes).copy_(values)
 
-    # every encode and decode looks the gene table up before using either gene tensor,
-    # so inference after the last optimiser step also sees the frozen values
-    module.network.gene_embedding.register_forward_pre_hook(restore)
+    # every encode and decode looks a gene table up before using any gene tensor, so
+    # inference after the last optimiser step also sees the frozen values
+    for table in (module.network.gene_embedding, module.network.encoder_gene_embedding):
+        if table is not None:
+            table.register_forward_pre_hook(restore)
     return restore
