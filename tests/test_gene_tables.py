@@ -95,3 +95,27 @@ def test_a_frozen_query_keeps_the_reference_rows_of_both_tables(untied_model):
     for name in names:
         assert torch.equal(after[name][:n_ref], reference[name][:n_ref])
         assert not torch.equal(after[name][n_ref:-1], before[name][n_ref:-1])
+
+
+@pytest.mark.parametrize(
+    ("batches", "overrides", "expected"),
+    [
+        (1, {}, (0.0, True)),
+        (2, {}, (3.0, False)),
+        (2, {"batch_standardise": False}, (0.0, True)),  # its targets would not cross
+        (2, {"neighbour_preservation": 0.0}, (0.0, True)),
+        (2, {"tie_gene_embeddings": True}, (3.0, True)),
+        (1, {"neighbour_preservation": 1.0}, (1.0, False)),
+    ],
+)
+def test_the_default_resolves_and_records_its_neighbour_options(
+    pbmc_small, batches, overrides, expected
+):
+    adata = pbmc_small[:60, :200].copy()
+    adata.obs["batch"] = [f"b{i % batches}" for i in range(adata.n_obs)]
+    ExceiverModel.setup_anndata(adata, batch_key="batch")
+    model = ExceiverModel(adata, **overrides, **SMALL)
+    recorded = model.init_params_["kwargs"]["model_kwargs"]
+    assert (recorded["neighbour_preservation"], recorded["tie_gene_embeddings"]) == expected
+    assert model.module.neighbour_preservation == expected[0]
+    assert (model.module.network.encoder_gene_embedding is None) == expected[1]

@@ -40,7 +40,12 @@ def tiny_old(tiny):
 
 
 #: The default's batch-dependent arguments as resolved for the tiny model's two batches.
-RESOLVED = {"batch_standardise": True, "input_thinning": 0.8}
+RESOLVED = {
+    "batch_standardise": True,
+    "input_thinning": 0.8,
+    "neighbour_preservation": 3.0,
+    "tie_gene_embeddings": False,
+}
 
 
 def _equal(a, b):
@@ -119,6 +124,7 @@ def test_a_saved_model_keeps_its_configuration_when_a_preset_changes(tiny, tmp_p
         ("batch_standardise", True, "normalizer.batch_mean"),
         ("batch_output_bias", True, "network.batch_output_bias"),
         ("batch_context", True, "network.batch_context"),
+        ("tie_gene_embeddings", False, "network.encoder_gene_embedding"),
     ],
 )
 def test_a_model_saved_before_an_argument_existed_loads_without_it(

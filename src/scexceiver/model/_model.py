@@ -36,7 +36,7 @@ from scexceiver.data import (
 from scexceiver.data._panels import check_gene_panels, measured_table, to_vocabulary
 from scexceiver.data._validate import registered_gene_keys, require_finite
 from scexceiver.module import ExceiverModule
-from scexceiver.module._module import _BATCH_INPUT_THINNING
+from scexceiver.module._module import _BATCH_INPUT_THINNING, _neighbour_options
 from scexceiver.train import ExceiverTrainingPlan, PeriodicCheckpoint
 from scexceiver.train._checkpoint import resolve_resume
 
@@ -129,6 +129,12 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             config["input_thinning"] = (
                 _BATCH_INPUT_THINNING if self.summary_stats.n_batch >= 2 else 0.0
             )
+        config["neighbour_preservation"], config["tie_gene_embeddings"] = _neighbour_options(
+            config["neighbour_preservation"],
+            config["tie_gene_embeddings"],
+            self.summary_stats.n_batch,
+            config["batch_standardise"],
+        )
         self.preset = preset
         self._config = config
         self.gene_vocabulary_ = GeneVocabulary.from_keys(

@@ -31,6 +31,26 @@ _NEIGHBOURS = 5
 _NEIGHBOUR_TEMPERATURE = 0.1
 
 
+def _neighbour_options(
+    neighbour_preservation: float | None,
+    tie_gene_embeddings: bool | None,
+    n_batch: int,
+    batch_standardise: bool,
+) -> tuple[float, bool]:
+    """``neighbour_preservation`` and ``tie_gene_embeddings`` with ``None`` resolved.
+
+    The loss is on (3) with two or more batches each standardised by its own statistics,
+    where its targets cross batches; the encoder's gene table is untied exactly when the
+    loss is on.
+    """
+    if neighbour_preservation is None:
+        on = batch_standardise and n_batch >= 2
+        neighbour_preservation = _BATCH_NEIGHBOUR_PRESERVATION if on else 0.0
+    if tie_gene_embeddings is None:
+        tie_gene_embeddings = neighbour_preservation == 0
+    return neighbour_preservation, tie_gene_embeddings
+
+
 class ExceiverModule(BaseModuleClass):
     """Exceiver with its self-supervised objective, as an scvi-tools module.
 
@@ -243,12 +263,13 @@ class ExceiverModule(BaseModuleClass):
         self.cycle_consistency = cycle_consistency
         if batch_standardise is None:
             batch_standardise = n_batch >= 2
-        if neighbour_preservation is None:
-            # its targets cross batches only when each batch is standardised by its own
-            on = batch_standardise and n_batch >= 2
-            neighbour_preservation = _BATCH_NEIGHBOUR_PRESERVATION if on else 0.0
-        if network_kwargs.get("tie_gene_embeddings", True) is None:
-            network_kwargs["tie_gene_embeddings"] = neighbour_preservation == 0
+        neighbour_preservation, tie = _neighbour_options(
+            neighbour_preservation,
+            network_kwargs.get("tie_gene_embeddings", True),
+            n_batch,
+            batch_standardise,
+        )
+        network_kwargs["tie_gene_embeddings"] = tie
         if neighbour_preservation < 0:
             raise ValueError(f"neighbour_preservation must be >= 0, got {neighbour_preservation}.")
         self.neighbour_preservation = neighbour_preservation
