@@ -245,8 +245,8 @@ class Exceiver(nn.Module):
 
     def gene_tokens(self, gene_idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Build tokens (b, n, dim) from gene indices and processed values (b, n)."""
-        table = self.encoder_gene_embedding or self.gene_embedding
-        embedding = table(gene_idx)
+        table = self.encoder_gene_embedding
+        embedding = (self.gene_embedding if table is None else table)(gene_idx)
         if self.value_encoding == "scale":
             return values.unsqueeze(-1) * embedding
         if self.value_encoding == "centred":
