@@ -271,7 +271,7 @@ def umap_panel(datasets: dict[str, ad.AnnData], keys: list[str], path: Path) -> 
                 ax.axis("off")
                 continue
             view = ad.AnnData(obs=adata.obs[[color]].copy(), obsm={key: adata.obsm[key]})
-            sc.pp.neighbors(view, use_rep=key)
+            sc.pp.neighbors(view, use_rep=key, transformer="sklearn")  # exact; see pl.py
             sc.tl.umap(view, random_state=0)
             sc.pl.umap(view, color=color, ax=ax, show=False, legend_loc=None, s=6, title="")
             ax.set_title(f"{name}: {key}\n(colour: {color})", fontsize=8)

@@ -139,7 +139,13 @@ def derive_labels(counts: ad.AnnData) -> tuple[pd.Series, pd.Series, dict]:
     work = work[:, work.var["highly_variable"]].copy()
     sc.pp.scale(work, max_value=10)
     sc.pp.pca(work, n_comps=N_PCS, random_state=SEED)
-    sc.pp.neighbors(work, n_neighbors=N_NEIGHBORS, n_pcs=N_PCS_NEIGHBORS, random_state=SEED)
+    sc.pp.neighbors(
+        work,
+        n_neighbors=N_NEIGHBORS,
+        n_pcs=N_PCS_NEIGHBORS,
+        random_state=SEED,
+        transformer="sklearn",  # exact: the pynndescent route fails beyond 8,192 cells
+    )
     try:
         import igraph  # noqa: F401
 

@@ -99,3 +99,24 @@ def test_ddp_ranks_train_on_disjoint_shards_with_distinct_masks(cells, tmp_path)
     assert np.all(np.isfinite(ddp_loss))
     # same data per optimiser step count halves, so compare scale, not values
     np.testing.assert_allclose(ddp_loss, single_loss, rtol=0.25)
+
+
+def test_ddp_ranks_train_on_their_own_input_neighbourhoods(shifted, tmp_path):
+    """The default with two batches (``neighbour_preservation=3``) trains under DDP."""
+    adata = shifted[0][:N_CELLS].copy()
+    adata.obs["cell"] = pd.Categorical([f"{i:04d}" for i in range(adata.n_obs)])
+    scexceiver.ExceiverModel.setup_anndata(adata, labels_key="cell", batch_key="batch")
+    model = _train(adata, devices=2, strategy="ddp_spawn", callbacks=[RecordShards(str(tmp_path))])
+    assert model.module.neighbour_preservation == 3
+    train_idx = np.asarray(model.train_indices)
+    neighbours = train_idx[model._input_neighbours(train_idx)]  # rows of adata
+    position = {cell: i for i, cell in enumerate(train_idx)}
+    for epoch in (0, 1):
+        shards = [np.load(tmp_path / f"rank{r}_epoch{epoch}_cells.npy") for r in (0, 1)]
+        # 160 training cells: 80 per rank, in 20 neighbourhoods of 4
+        assert [s.size for s in shards] == [80, 80]
+        groups = np.concatenate(shards).reshape(40, 4)
+        assert np.unique(groups[:, 0]).size == 40  # no cell visited twice
+        for visited, *rest in groups:
+            assert set(rest) <= set(neighbours[position[visited]]), (visited, rest)
+    assert np.all(np.isfinite(_losses(model)))

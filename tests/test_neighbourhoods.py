@@ -30,6 +30,34 @@ def test_the_sampler_yields_each_visited_cell_with_distinct_neighbours():
     assert list(sampler) == order
 
 
+def test_ddp_ranks_visit_their_own_cells_in_whole_neighbourhoods():
+    neighbours = _ring_neighbours(103, 6)
+    single = NeighbourhoodSampler(neighbours, group_size=4, seed=3)
+    shards = [
+        list(NeighbourhoodSampler(neighbours, group_size=4, seed=3, num_replicas=3, rank=r))
+        for r in range(3)
+    ]
+    # ceil(103 / 3) = 35 positions per rank: 8 whole neighbourhoods and a cut one
+    assert [len(s) for s in shards] == [35, 35, 35]
+    visits = [cell for shard in shards for cell in shard[::4]]
+    assert len(visits) == len(set(visits)) == 27
+    for shard in shards:
+        for visited, *rest in np.asarray(shard[:32]).reshape(8, 4):
+            assert set(rest) <= set(neighbours[visited]) and len(set(rest)) == 3
+    # one rank of one is the single-process sampler
+    assert list(single) == list(
+        NeighbourhoodSampler(neighbours, group_size=4, seed=3, num_replicas=1, rank=0)
+    )
+    # more visits than cells wrap around the order
+    tiny = [
+        list(NeighbourhoodSampler(_ring_neighbours(6, 3), 4, seed=0, num_replicas=4, rank=r))
+        for r in range(4)
+    ]
+    assert [len(s) for s in tiny] == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="rank 2"):
+        NeighbourhoodSampler(neighbours, group_size=4, num_replicas=2, rank=2)
+
+
 def test_the_sampler_cuts_the_last_neighbourhood_and_refuses_a_bad_group_size():
     sampler = NeighbourhoodSampler(_ring_neighbours(10, 3), group_size=4, seed=1)
     assert len(list(sampler)) == 10
@@ -66,6 +94,19 @@ def test_nearest_cells_match_exact_principal_component_neighbours():
     assert shared > 0.9, shared
     # k is capped at the other cells
     assert nearest_cells(lambda: iter([x[:5]]), 5, k=10, n_comps=3).shape == (5, 4)
+
+
+def test_nearest_cells_search_approximately_beyond_4096_cells():
+    rng = np.random.default_rng(1)
+    groups = np.arange(6000) % 20
+    centres = 3 * rng.standard_normal((20, 60))
+    x = (centres[groups] + rng.standard_normal((6000, 60)) + 5).astype(np.float32)
+    found = nearest_cells(lambda: iter(np.array_split(x, 6)), 6000, k=15, n_comps=30, seed=0)
+    assert found.shape == (6000, 15) and found.dtype == np.int64
+    assert not (found == np.arange(6000)[:, None]).any()
+    assert all(len(set(row)) == 15 for row in found[:500])
+    # measured: every neighbour from the cell's own group
+    assert (groups[found] == groups[:, None]).mean() > 0.99
 
 
 def test_the_training_loader_batches_input_neighbourhoods(pbmc_small):

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from anndata import AnnData
 from matplotlib.axes import Axes
 
@@ -67,13 +66,13 @@ def gene_embedding_umap(
     genes = [str(g) for g in genes]
     keys = list(model.gene_vocabulary_.keys) if background is None else list(background)
     keys = list(dict.fromkeys([*keys, *genes]))
-    embedding = AnnData(
-        model.get_gene_embeddings()[gene_positions(model, keys)].astype(np.float32),
-        obs=pd.DataFrame(index=keys),
-    )
-    sc.pp.neighbors(embedding, n_neighbors=n_neighbors, use_rep="X", metric="cosine")
-    sc.tl.umap(embedding, random_state=seed)
-    xy = pd.DataFrame(embedding.obsm["X_umap"], index=keys)
+    from umap import UMAP
+
+    embedding = model.get_gene_embeddings()[gene_positions(model, keys)].astype(np.float32)
+    # umap-learn's own neighbour search: scanpy's pynndescent path (cosine, > 4,096
+    # genes) fails on csr_array graphs with pynndescent 0.7
+    layout = UMAP(n_neighbors=n_neighbors, metric="cosine", random_state=seed)
+    xy = pd.DataFrame(layout.fit_transform(embedding), index=keys)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(xy[0], xy[1], s=2, c="lightgrey", rasterized=True)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ._ranks import replica_rank
+
 
 class ChunkShuffleSampler(Sampler[int]):
     """Shuffled order of cells that reads a backed matrix in a few contiguous blocks.
@@ -59,13 +61,7 @@ class ChunkShuffleSampler(Sampler[int]):
             raise ValueError(
                 f"chunk_size ({chunk_size}) and window_chunks ({window_chunks}) must be >= 1."
             )
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if num_replicas is None:
-            num_replicas = torch.distributed.get_world_size() if distributed else 1
-        if rank is None:
-            rank = torch.distributed.get_rank() if distributed else 0
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas}).")
+        num_replicas, rank = replica_rank(num_replicas, rank)
         self.rows = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
         self.chunk_size = chunk_size
         self.window_chunks = window_chunks

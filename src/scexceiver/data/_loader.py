@@ -51,7 +51,8 @@ class ExceiverDataLoader(AnnDataLoader):
     neighbourhoods
         When shuffling, (cells, k) positions into ``indices`` of each cell's nearest
         cells: minibatches are then made of neighbourhoods of ``neighbourhood_size``
-        cells (:class:`~scexceiver.data.NeighbourhoodSampler`). ``None``: plain shuffling.
+        cells (:class:`~scexceiver.data.NeighbourhoodSampler`; under DDP each rank visits
+        its own cells). ``None``: plain shuffling.
     neighbourhood_size
         Cells per neighbourhood.
     **kwargs
@@ -93,6 +94,9 @@ class ExceiverDataLoader(AnnDataLoader):
             )
         if bucketing or grouped:
             kwargs["shuffle"] = False
+        if grouped:
+            # the neighbourhood sampler shards ranks itself
+            kwargs["distributed_sampler"] = False
         if chunked:
             # the counts come from the blocks; the chunk sampler shards ranks itself
             kwargs["data_and_attributes"] = [

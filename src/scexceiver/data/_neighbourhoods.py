@@ -6,8 +6,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from scipy import sparse
 from torch.utils.data import BatchSampler, Sampler
+
+from ._ranks import replica_rank
+
+#: Cells up to which :func:`nearest_cells` compares every pair.
+_EXACT_CELLS = 4096
 
 
 class NeighbourhoodSampler(Sampler[int]):
@@ -21,6 +25,12 @@ class NeighbourhoodSampler(Sampler[int]):
     cells in the dataset finds them in its minibatch. An epoch yields as many positions
     as there are cells; a cell may come more than once, or not at all.
 
+    Under DDP every rank draws the same shuffled order and visits its own contiguous
+    share of it, so no cell is visited by two ranks in an epoch (a neighbour may still
+    come on more than one). Each rank yields ``ceil(cells / num_replicas)`` positions, in
+    whole neighbourhoods but for its last; when there are fewer cells than visits,
+    the order wraps around.
+
     Parameters
     ----------
     neighbours
@@ -31,10 +41,19 @@ class NeighbourhoodSampler(Sampler[int]):
     seed
         Seed of the order and the draws; epoch ``e`` uses ``seed + e``. ``None`` draws
         one from torch's global generator.
+    num_replicas, rank
+        Number of DDP processes and this one's rank; ``None`` reads them from
+        :mod:`torch.distributed` when it is initialised (otherwise 1 and 0).
     """
 
     def __init__(
-        self, neighbours: np.ndarray, group_size: int, *, seed: int | None = None
+        self,
+        neighbours: np.ndarray,
+        group_size: int,
+        *,
+        seed: int | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         neighbours = np.asarray(neighbours)
         if neighbours.ndim != 2 or not 1 <= group_size <= neighbours.shape[1] + 1:
@@ -45,6 +64,7 @@ class NeighbourhoodSampler(Sampler[int]):
         self.neighbours = torch.as_tensor(neighbours, dtype=torch.int64)
         self.group_size = group_size
         self.seed = int(torch.randint(2**31, ())) if seed is None else seed
+        self.num_replicas, self.rank = replica_rank(num_replicas, rank)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -52,17 +72,21 @@ class NeighbourhoodSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.neighbours)
+        return -(-len(self.neighbours) // self.num_replicas)
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         n, k = self.neighbours.shape
-        visits = torch.randperm(n, generator=generator)[: -(-n // self.group_size)]
+        share = -(-len(self) // self.group_size)  # neighbourhoods per rank
+        order = torch.randperm(n, generator=generator)
+        visits = order.repeat(-(-share * self.num_replicas // n))[: share * self.num_replicas]
         # a random ranking of each visited cell's neighbours; its first group_size - 1
         picks = torch.rand(len(visits), k, generator=generator).argsort(dim=1)
-        chosen = self.neighbours[visits].gather(1, picks[:, : self.group_size - 1])
-        yield from torch.cat([visits[:, None], chosen], dim=1).flatten()[:n].tolist()
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        visits, picks = visits[mine], picks[mine, : self.group_size - 1]
+        chosen = self.neighbours[visits].gather(1, picks)
+        yield from torch.cat([visits[:, None], chosen], dim=1).flatten()[: len(self)].tolist()
 
 
 def use_neighbourhoods(loader, neighbours: np.ndarray, group_size: int, *, seed: int | None):
@@ -99,9 +123,8 @@ def nearest_cells(
 
     The principal components come from a randomised SVD with power iterations (Halko
     et al. 2011) in ``2 x power_iterations + 2`` passes over the cells, so the (cells,
-    genes) matrix is never held whole. The
-    neighbours are found by :func:`scanpy.pp.neighbors` (exact for a few thousand cells,
-    approximate with pynndescent beyond).
+    genes) matrix is never held whole. The neighbours are exact up to 4,096 cells and
+    found by pynndescent's approximate search (Dong et al. 2011) beyond.
 
     Parameters
     ----------
@@ -124,12 +147,10 @@ def nearest_cells(
     Returns
     -------
     numpy.ndarray
-        (n_cells, k) int64 row positions; a row with fewer than ``k`` distinct
-        neighbours (duplicated cells) repeats its nearest ones.
+        (n_cells, k) int64 row positions of each cell's nearest other cells, nearest
+        first; a row for which the approximate search found fewer than ``k`` repeats
+        its nearest ones.
     """
-    import anndata as ad
-    import scanpy as sc
-
     if n_cells < 2:
         raise ValueError(f"nearest_cells needs at least 2 cells, got {n_cells}.")
     k = min(k, n_cells - 1)
@@ -151,9 +172,7 @@ def nearest_cells(
     left, singular, _ = np.linalg.svd(genes.T, full_matrices=False)
     n_comps = min(n_comps, len(singular))
     scores = (basis @ left[:, :n_comps]) * singular[:n_comps]
-    view = ad.AnnData(obsm={"X_input": scores.astype(np.float32)})
-    sc.pp.neighbors(view, n_neighbors=k + 1, use_rep="X_input", metric="cosine", random_state=seed)
-    return _rows_of(view.obsp["distances"], k)
+    return _cosine_neighbours(scores.astype(np.float32), k, seed)
 
 
 def _orthonormal(m: np.ndarray) -> np.ndarray:
@@ -174,15 +193,21 @@ def _transposed_times(chunks, left: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return total - np.outer(mean, left.sum(0))
 
 
-def _rows_of(graph: sparse.csr_matrix, k: int) -> np.ndarray:
-    """(n, k) nearest columns of each row of a kNN distance graph, nearest first."""
-    graph = sparse.csr_matrix(graph)
-    out = np.empty((graph.shape[0], k), dtype=np.int64)
-    for i in range(graph.shape[0]):
-        lo, hi = graph.indptr[i], graph.indptr[i + 1]
-        cols = graph.indices[lo:hi][np.argsort(graph.data[lo:hi], kind="stable")]
-        cols = cols[cols != i]
-        if cols.size == 0:  # every other cell a duplicate at distance 0
-            cols = np.array([(i + 1) % graph.shape[0]])
-        out[i] = np.resize(cols, k)
+def _cosine_neighbours(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(n, k) positions of each point's ``k`` most cosine-similar other points."""
+    n = len(points)
+    unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    if n <= _EXACT_CELLS:
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argsort(-similarity, axis=1, kind="stable")[:, :k].astype(np.int64)
+    from pynndescent import NNDescent
+
+    found, _ = NNDescent(
+        unit, n_neighbors=k + 1, metric="cosine", random_state=seed
+    ).neighbor_graph
+    out = np.empty((n, k), dtype=np.int64)
+    for i, row in enumerate(found):
+        others = row[(row != i) & (row >= 0)]
+        out[i] = np.resize(others if others.size else [(i + 1) % n], k)
     return out

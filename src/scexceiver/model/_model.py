@@ -87,7 +87,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         ``cycle_consistency=1`` for batches that hold the same cell populations (scib
         total above scVI's on Kang 2018, see the docs' quality page), or
         ``neighbour_preservation=0`` to train a model of several batches without the
-        neighbour loss (needed for chunked reading or DDP); see
+        neighbour loss (needed for chunked reading of backed data); see
         :class:`~scexceiver.module.ExceiverModule` and :class:`~scexceiver.module.Exceiver`.
 
     Examples
@@ -566,8 +566,9 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         stopping. With ``neighbour_preservation``, each training cell's 15 nearest cells
         are first found in its standardised input (cosine of 50 principal components,
         :func:`~scexceiver.data.nearest_cells`), and the training minibatches are made
-        of neighbourhoods of 4 (:class:`~scexceiver.data.NeighbourhoodSampler`), so the
-        loss finds each cell's nearest cells in its minibatch.
+        of neighbourhoods of 4 (:class:`~scexceiver.data.NeighbourhoodSampler`; under
+        DDP each rank visits its own share of the cells), so the loss finds each cell's
+        nearest cells in its minibatch.
 
         Parameters
         ----------
@@ -644,16 +645,16 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
                 "length_bucketing=True cannot be combined with chunked=True; pass one of them."
             )
         distributed = use_distributed_sampler(trainer_kwargs.get("strategy"))
-        if neighbourhoods and (chunked or length_bucketing or distributed):
+        if neighbourhoods and (chunked or length_bucketing):
             raise ValueError(
                 "neighbour_preservation trains on minibatches of neighbourhoods, which "
-                "cannot be combined with chunked=True, length_bucketing=True or a "
-                "distributed strategy; pass chunked=False and length_bucketing=False and "
-                "train in one process, or build the model with neighbour_preservation=0 "
-                "(the default preset turns it on for data of two or more batches)."
+                "cannot be combined with chunked=True or length_bucketing=True; pass "
+                "chunked=False and length_bucketing=False, or build the model with "
+                "neighbour_preservation=0 (the default preset turns it on for data of two "
+                "or more batches)."
             )
-        if chunked and distributed:
-            # the chunk sampler shards the ranks; Lightning must not replace it
+        if (chunked or neighbourhoods) and distributed:
+            # these samplers shard the ranks themselves; Lightning must not replace them
             trainer_kwargs.setdefault("use_distributed_sampler", False)
         if compile:
             self.module.network.compile(dynamic=True)
