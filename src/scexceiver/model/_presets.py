@@ -44,6 +44,7 @@ PAPER: dict[str, Any] = {
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
     "neighbour_preservation": 0.0,
+    "neighbour_perplexity": None,
     "tie_gene_embeddings": True,
 }
 
@@ -64,9 +65,10 @@ PAPER: dict[str, Any] = {
 #: gene at its batch's mean level is a zero token (``value_encoding=None``: "centred"
 #: exactly then, else "scale"). Also with batches, training keeps each cell's nearest
 #: cells in its batch-standardised input near it in the embedding, on minibatches of
-#: input neighbourhoods (``neighbour_preservation=None``: 3 exactly then), and the
-#: encoder reads a gene table of its own (``tie_gene_embeddings=None``: untied exactly
-#: when that loss is on), which keeps the loss from costing reconstruction.
+#: input neighbourhoods (``neighbour_preservation=None``: 3 exactly then; soft targets of
+#: perplexity 15, ``neighbour_perplexity``), and the encoder reads a gene table of its
+#: own (``tie_gene_embeddings=None``: untied exactly when that loss is on), which keeps
+#: the loss from costing reconstruction.
 DEFAULT: dict[str, Any] = {
     "token_mode": "sparse",
     "dense_mask": "boolean",
@@ -102,6 +104,7 @@ DEFAULT: dict[str, Any] = {
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
     "neighbour_preservation": None,
+    "neighbour_perplexity": 15.0,
     "tie_gene_embeddings": None,
 }
 
@@ -158,6 +161,7 @@ ADDED_ARGUMENTS: dict[str, Any] = {
     "n_presence_queries": 0,
     "cycle_consistency": 0.0,
     "neighbour_preservation": 0.0,
+    "neighbour_perplexity": None,
     "tie_gene_embeddings": True,
 }
 

@@ -14,7 +14,7 @@ from ._adversary import BatchAdversary
 from ._bottleneck import GaussianLatents
 from ._exceiver import Exceiver
 from ._masking import TokenDraw, draw_masked_tokens, lookup_counts
-from ._neighbours import input_neighbours, neighbour_cross_entropy
+from ._neighbours import input_affinities, input_neighbours, neighbour_cross_entropy
 from ._normalize import ExpressionNormalizer
 from ._select import keep_top_genes
 
@@ -173,6 +173,14 @@ class ExceiverModule(BaseModuleClass):
         ``neighbour_loss``. ``None``: ``3`` with two or more batches standardised each
         by its own statistics (``batch_standardise``), else ``0`` (the default preset;
         measured on three datasets with batches).
+    neighbour_perplexity
+        Soft targets for ``neighbour_preservation``: instead of its 5 nearest cells, each
+        cell's target is a softmax over the minibatch's other cells of a cell-specific
+        multiple of their input cosine similarity, set so that the distribution's
+        perplexity (effective number of neighbours) is this value, as t-SNE's input
+        affinities (van der Maaten & Hinton 2008). The target then keeps
+        how much more similar one cell is than another, not only which cells are
+        nearest. ``None``: the 5 nearest cells, equally weighted.
     **network_kwargs
         Passed to :class:`~scexceiver.module.Exceiver`. Its ``tie_gene_embeddings=None``
         (the default preset) unties the encoder's gene table exactly when
@@ -201,6 +209,7 @@ class ExceiverModule(BaseModuleClass):
         n_presence_queries: int = 0,
         cycle_consistency: float = 0.0,
         neighbour_preservation: float | None = 0.0,
+        neighbour_perplexity: float | None = None,
         **network_kwargs,
     ) -> None:
         super().__init__()
@@ -272,7 +281,13 @@ class ExceiverModule(BaseModuleClass):
         network_kwargs["tie_gene_embeddings"] = tie
         if neighbour_preservation < 0:
             raise ValueError(f"neighbour_preservation must be >= 0, got {neighbour_preservation}.")
+        if neighbour_perplexity is not None and not neighbour_perplexity > 1:
+            raise ValueError(
+                f"neighbour_perplexity must be above 1 (effective neighbours per cell), got "
+                f"{neighbour_perplexity}; pass None for each cell's 5 nearest cells."
+            )
         self.neighbour_preservation = neighbour_preservation
+        self.neighbour_perplexity = neighbour_perplexity
         if (
             n_presence_queries < 0
             or n_presence_queries % 2
@@ -496,10 +511,13 @@ class ExceiverModule(BaseModuleClass):
                 latents, enc_idx, attn_mask, batch_index, library_size, generator
             )
         if masking and self.training and self.neighbour_preservation > 0:
-            target = input_neighbours(
-                self._standardised_panel(*all_tokens, library_size, batch_index, measured_genes),
-                _NEIGHBOURS,
+            standardised = self._standardised_panel(
+                *all_tokens, library_size, batch_index, measured_genes
             )
+            if self.neighbour_perplexity is None:
+                target = input_neighbours(standardised, _NEIGHBOURS)
+            else:
+                target = input_affinities(standardised, self.neighbour_perplexity)
             out["neighbour_loss"] = neighbour_cross_entropy(
                 self.embed(latents), target, _NEIGHBOUR_TEMPERATURE
             )

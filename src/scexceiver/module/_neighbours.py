@@ -33,6 +33,47 @@ def input_neighbours(values: torch.Tensor, k: int) -> torch.Tensor:
     return target.scatter_(1, nearest, 1.0 / k)
 
 
+def input_affinities(values: torch.Tensor, perplexity: float, *, steps: int = 40) -> torch.Tensor:
+    """Soft target distribution over each cell's most similar other cells.
+
+    As t-SNE's input affinities (van der Maaten & Hinton 2008), but on cosine
+    similarity: row ``i`` is the softmax over ``j != i`` of ``beta_i`` times the cosine
+    similarity of cells ``i`` and ``j`` in ``values``, with ``beta_i`` found by bisection
+    so that the row's perplexity (``exp`` of its entropy) is ``perplexity``. A cell
+    with a few very similar cells spreads over those; a cell with many equally similar
+    ones spreads over about ``perplexity`` of them.
+
+    Parameters
+    ----------
+    values
+        (b, g) the cells' standardised expression over a shared gene panel.
+    perplexity
+        Effective number of neighbours per cell (at most ``b - 2`` is used).
+    steps
+        Bisection steps on ``log10 beta`` in ``[-3, 4]``.
+
+    Returns
+    -------
+    torch.Tensor
+        (b, b) rows summing to 1 with a zero diagonal; all zeros when ``b < 3``.
+    """
+    b = values.shape[0]
+    if b < 3:
+        return values.new_zeros(b, b)
+    unit = F.normalize(values.float(), dim=1)
+    similarity = (unit @ unit.T).fill_diagonal_(-float("inf"))
+    target_entropy = torch.tensor(min(perplexity, b - 2.0), device=values.device).log()
+    low = similarity.new_full((b, 1), -3.0)  # log10 beta
+    high = similarity.new_full((b, 1), 4.0)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        p = torch.softmax(similarity * 10**middle, dim=1)
+        entropy = -(p * p.clamp_min(1e-30).log()).sum(1, keepdim=True)
+        too_flat = entropy > target_entropy  # a larger beta lowers the entropy
+        low, high = torch.where(too_flat, middle, low), torch.where(too_flat, high, middle)
+    return torch.softmax(similarity * 10 ** ((low + high) / 2), dim=1).to(values.dtype)
+
+
 def neighbour_cross_entropy(
     embedding: torch.Tensor, target: torch.Tensor, temperature: float
 ) -> torch.Tensor:
