@@ -19,14 +19,23 @@ from scexceiver.module._neighbours import (
 SMALL = {"n_latents": 8, "dim": 32, "n_layers": 1, "ff_dim": 64, "head_hidden": 32}
 
 
+def _four_groups(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 50) cells around 4 well-separated centres, and each cell's group."""
+    centres = 5 * torch.randn(4, 50, generator=generator)
+    groups = torch.arange(n) % 4
+    return centres[groups] + torch.randn(n, 50, generator=generator), groups
+
+
+def _assert_distributions_over_other_cells(target: torch.Tensor) -> None:
+    torch.testing.assert_close(target.sum(1), torch.ones(len(target)))
+    assert (target.diagonal() == 0).all()
+
+
 def test_input_neighbours_are_the_most_similar_other_cells():
     generator = torch.Generator().manual_seed(0)
-    centres = 5 * torch.randn(4, 50, generator=generator)
-    groups = torch.arange(40) % 4
-    values = centres[groups] + torch.randn(40, 50, generator=generator)
+    values, groups = _four_groups(40, generator)
     target = input_neighbours(values, k=3)
-    torch.testing.assert_close(target.sum(1), torch.ones(40))
-    assert (target.diagonal() == 0).all()
+    _assert_distributions_over_other_cells(target)
     assert ((target > 0).sum(1) == 3).all()
     # every neighbour is from the cell's own group (10 cells each)
     rows, cols = target.nonzero(as_tuple=True)
@@ -41,12 +50,9 @@ def test_input_neighbours_are_the_most_similar_other_cells():
 
 def test_input_affinities_have_the_perplexity_and_follow_similarity():
     generator = torch.Generator().manual_seed(0)
-    centres = 5 * torch.randn(4, 50, generator=generator)
-    groups = torch.arange(64) % 4
-    values = centres[groups] + torch.randn(64, 50, generator=generator)
+    values, groups = _four_groups(64, generator)
     target = input_affinities(values, perplexity=8.0)
-    torch.testing.assert_close(target.sum(1), torch.ones(64))
-    assert (target.diagonal() == 0).all()
+    _assert_distributions_over_other_cells(target)
     entropy = -(target * target.clamp_min(1e-30).log()).sum(1)
     torch.testing.assert_close(entropy.exp(), torch.full((64,), 8.0), rtol=1e-3, atol=0)
     # spread over the cell's own group (16 cells), more on the more similar cells
