@@ -69,6 +69,9 @@ def test_input_affinities_have_the_perplexity_and_follow_similarity():
     # cosine similarity: scaling a cell changes nothing; a larger perplexity spreads more
     scaled = values * (0.5 + torch.rand(64, 1, generator=generator))
     torch.testing.assert_close(input_affinities(scaled, 8.0), target, atol=1e-5, rtol=1e-4)
+    # bf16 autocast (GPU training) leaves the similarities in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(input_affinities(values, 8.0), target)
     wide = input_affinities(values, perplexity=40.0)
     assert (wide * (groups[:, None] != groups[None, :])).sum(1).mean() > 0.2
     # the perplexity is capped at the other cells less one; fewer than 3 cells: none

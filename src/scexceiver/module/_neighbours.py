@@ -61,7 +61,8 @@ def input_affinities(values: torch.Tensor, perplexity: float, *, steps: int = 40
     if b < 3:
         return values.new_zeros(b, b)
     unit = F.normalize(values.float(), dim=1)
-    similarity = (unit @ unit.T).fill_diagonal_(-float("inf"))
+    with torch.autocast(values.device.type, enabled=False):  # beta magnifies bf16 error
+        similarity = (unit @ unit.T).fill_diagonal_(-float("inf"))
     target_entropy = torch.tensor(min(perplexity, b - 2.0), device=values.device).log()
     low = similarity.new_full((b, 1), -3.0)  # log10 beta
     high = similarity.new_full((b, 1), 4.0)
