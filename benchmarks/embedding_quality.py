@@ -212,6 +212,12 @@ def train_scvi(
     return model.get_latent_representation(), info
 
 
+#: ``--variant`` keys that go to ``ExceiverModel.train`` (besides the preset's optimisation
+#: defaults) and to its data splitter, e.g. ``chunked=true,chunk_size=32,window_chunks=8``.
+TRAIN_OPTIONS = ("chunked", "length_bucketing")
+SPLITTER_OPTIONS = ("chunk_size", "window_chunks")
+
+
 def train_exceiver(
     adata: ad.AnnData,
     seed: int,
@@ -224,8 +230,9 @@ def train_exceiver(
     scvi.settings.seed = seed
     work = adata[:, adata.var["highly_variable"]].copy() if genes == "hvg" else adata.copy()
     scexceiver.ExceiverModel.setup_anndata(work, batch_key="batch")
-    training = {k: v for k, v in overrides.items() if k in TRAINING[preset]}
-    module = {k: v for k, v in overrides.items() if k not in training}
+    training = {k: v for k, v in overrides.items() if k in {*TRAINING[preset], *TRAIN_OPTIONS}}
+    splitter = {k: v for k, v in overrides.items() if k in SPLITTER_OPTIONS}
+    module = {k: v for k, v in overrides.items() if k not in training and k not in splitter}
     model = scexceiver.ExceiverModel(work, preset=preset, **module)
     start = time.perf_counter()
     model.train(
@@ -233,6 +240,7 @@ def train_exceiver(
         max_time=max_time,
         early_stopping=False,
         enable_progress_bar=False,
+        datasplitter_kwargs=splitter,
         **training,
     )
     info = {"seconds": round(time.perf_counter() - start, 1), "epochs": _epochs_run(model)}
@@ -341,7 +349,7 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        help="e.g. readout=mean; training arguments too (lr=2e-3,batch_size=128)",
+        help="e.g. readout=mean; training arguments too (lr=2e-3,batch_size=128,chunked=true)",
     )
     parser.add_argument(
         "--genes", choices=["all", "hvg"], default="all", help="Exceiver's genes: all or HVGs"

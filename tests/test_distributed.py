@@ -101,15 +101,23 @@ def test_ddp_ranks_train_on_disjoint_shards_with_distinct_masks(cells, tmp_path)
     np.testing.assert_allclose(ddp_loss, single_loss, rtol=0.25)
 
 
-def test_ddp_ranks_train_on_their_own_input_neighbourhoods(shifted, tmp_path):
-    """The default with two batches (``neighbour_preservation=3``) trains under DDP."""
+@pytest.fixture(scope="module")
+def two_batch_cells(shifted):
     adata = shifted[0][:N_CELLS].copy()
     adata.obs["cell"] = pd.Categorical([f"{i:04d}" for i in range(adata.n_obs)])
     scexceiver.ExceiverModel.setup_anndata(adata, labels_key="cell", batch_key="batch")
-    model = _train(adata, devices=2, strategy="ddp_spawn", callbacks=[RecordShards(str(tmp_path))])
+    return adata
+
+
+def test_ddp_ranks_train_on_their_own_input_neighbourhoods(two_batch_cells, tmp_path):
+    """The default with two batches (``neighbour_preservation=3``) trains under DDP."""
+    model = _train(
+        two_batch_cells, devices=2, strategy="ddp_spawn", callbacks=[RecordShards(str(tmp_path))]
+    )
     assert model.module.neighbour_preservation == 3
     train_idx = np.asarray(model.train_indices)
-    neighbours = train_idx[model._input_neighbours(train_idx)]  # rows of adata
+    found = model._input_neighbourhoods(train_idx, chunked=False)["neighbourhoods"]
+    neighbours = train_idx[found]  # rows of adata
     position = {cell: i for i, cell in enumerate(train_idx)}
     for epoch in (0, 1):
         shards = [np.load(tmp_path / f"rank{r}_epoch{epoch}_cells.npy") for r in (0, 1)]
@@ -119,4 +127,29 @@ def test_ddp_ranks_train_on_their_own_input_neighbourhoods(shifted, tmp_path):
         assert np.unique(groups[:, 0]).size == 40  # no cell visited twice
         for visited, *rest in groups:
             assert set(rest) <= set(neighbours[position[visited]]), (visited, rest)
+    assert np.all(np.isfinite(_losses(model)))
+
+
+def test_ddp_ranks_read_their_own_blocks_in_window_neighbourhoods(two_batch_cells, tmp_path):
+    """Chunked reading with the neighbour loss: neighbourhoods within each rank's windows."""
+    model = _train(
+        two_batch_cells,
+        devices=2,
+        strategy="ddp_spawn",
+        chunked=True,
+        datasplitter_kwargs={"chunk_size": 20, "window_chunks": 2},
+        callbacks=[RecordShards(str(tmp_path))],
+    )
+    for epoch in (0, 1):
+        shards = [np.load(tmp_path / f"rank{r}_epoch{epoch}_cells.npy") for r in (0, 1)]
+        assert [s.size for s in shards] == [80, 80]
+        assert np.isin(np.concatenate(shards), model.train_indices).all()
+        # (chunked reads sort each minibatch's rows, so its neighbourhoods are not in
+        # order here; the sampler's own tests check them) a minibatch of 40 comes from
+        # the 2 blocks of 20 rows of its window, or 4 where it straddles two windows
+        batches = np.concatenate(shards).reshape(4, 40)
+        assert max(np.unique(batch // 20).size for batch in batches) <= 4
+        # each rank reads its own blocks: at most the block at the cut is shared
+        blocks = [set(shard // 20) for shard in shards]
+        assert len(blocks[0] & blocks[1]) <= 1
     assert np.all(np.isfinite(_losses(model)))

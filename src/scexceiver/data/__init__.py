@@ -1,7 +1,7 @@
 """Data path: gene statistics, vocabulary, and tokenisation of sparse cells."""
 
 from ._blocks import BlockCache, ChunkedReadDataset
-from ._chunks import ChunkShuffleSampler
+from ._chunks import ChunkNeighbourhoodSampler, ChunkShuffleSampler
 from ._corpus import open_h5ad_corpus
 from ._loader import ExceiverDataLoader, ExceiverDataSplitter
 from ._neighbourhoods import NeighbourhoodSampler, nearest_cells
@@ -20,6 +20,7 @@ from ._vocab import GeneOverlap, GeneVocabulary
 
 __all__ = [
     "BlockCache",
+    "ChunkNeighbourhoodSampler",
     "ChunkShuffleSampler",
     "ChunkedReadDataset",
     "CountsSummary",

@@ -9,9 +9,9 @@ from scvi import REGISTRY_KEYS, settings
 from scvi.dataloaders import AnnDataLoader, DataSplitter
 
 from ._blocks import BlockCache, ChunkedReadDataset
-from ._chunks import ChunkShuffleSampler
+from ._chunks import ChunkNeighbourhoodSampler, ChunkShuffleSampler
 from ._neighbourhoods import use_neighbourhoods
-from ._sampler import use_length_buckets
+from ._sampler import expressed_genes_per_cell, use_length_buckets
 from ._tokenize import collate_tokens
 
 
@@ -49,10 +49,17 @@ class ExceiverDataLoader(AnnDataLoader):
         Rows per block and blocks shuffled together (see
         :class:`~scexceiver.data.ChunkShuffleSampler`).
     neighbourhoods
-        When shuffling, (cells, k) positions into ``indices`` of each cell's nearest
-        cells: minibatches are then made of neighbourhoods of ``neighbourhood_size``
-        cells (:class:`~scexceiver.data.NeighbourhoodSampler`; under DDP each rank visits
-        its own cells). ``None``: plain shuffling.
+        When shuffling in memory (not ``chunked``), (cells, k) positions into
+        ``indices`` of each cell's nearest cells: minibatches are then made of
+        neighbourhoods of ``neighbourhood_size`` cells
+        (:class:`~scexceiver.data.NeighbourhoodSampler`; under DDP each rank visits its
+        own cells; with ``length_bucketing``, batched by length). ``None``: plain
+        shuffling.
+    neighbourhood_scores
+        When shuffling ``chunked``, (cells, components) coordinates of the cells of
+        ``indices``: minibatches are then made of neighbourhoods of each cell's nearest
+        cells within its window of blocks, by cosine
+        (:class:`~scexceiver.data.ChunkNeighbourhoodSampler`). ``None``: chunk shuffling.
     neighbourhood_size
         Cells per neighbourhood.
     **kwargs
@@ -71,6 +78,7 @@ class ExceiverDataLoader(AnnDataLoader):
         chunk_size: int = 256,
         window_chunks: int = 8,
         neighbourhoods: np.ndarray | None = None,
+        neighbourhood_scores: np.ndarray | None = None,
         neighbourhood_size: int = 4,
         **kwargs,
     ) -> None:
@@ -86,12 +94,18 @@ class ExceiverDataLoader(AnnDataLoader):
             )
         bucketing = length_bucketing and shuffle
         chunked = chunked and shuffle
-        grouped = neighbourhoods is not None and shuffle
-        if grouped and (bucketing or chunked):
+        if chunked and neighbourhoods is not None:
             raise ValueError(
-                "neighbourhood minibatches cannot be combined with length_bucketing or "
-                "chunked reading; pass length_bucketing=False and chunked=False."
+                "with chunked reading, neighbourhoods are found within windows of blocks: "
+                "pass neighbourhood_scores instead of neighbourhoods."
             )
+        if shuffle and not chunked and neighbourhood_scores is not None:
+            raise ValueError(
+                "neighbourhood_scores finds neighbourhoods within the windows of chunked "
+                "reading; without chunked=True pass neighbourhoods (each cell's nearest "
+                "cells) instead."
+            )
+        grouped = neighbourhoods is not None and shuffle
         if bucketing or grouped:
             kwargs["shuffle"] = False
         if grouped:
@@ -105,21 +119,29 @@ class ExceiverDataLoader(AnnDataLoader):
             kwargs["distributed_sampler"] = False
         super().__init__(adata_manager, *args, **kwargs)
         counts = adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        if bucketing:
-            use_length_buckets(self, counts, seed=settings.seed)
         if grouped:
-            use_neighbourhoods(self, neighbourhoods, neighbourhood_size, seed=settings.seed)
+            lengths = expressed_genes_per_cell(counts, self.indices) if bucketing else None
+            use_neighbourhoods(
+                self, neighbourhoods, neighbourhood_size, seed=settings.seed, lengths=lengths
+            )
+        elif bucketing:
+            use_length_buckets(self, counts, seed=settings.seed)
         if chunked:
             self.dataset.dataset = ChunkedReadDataset(
                 self.dataset.dataset,
                 BlockCache(counts, chunk_size=chunk_size, max_chunks=2 * window_chunks),
             )
-            sampler = ChunkShuffleSampler(
-                self.indices,
-                chunk_size=chunk_size,
-                window_chunks=window_chunks,
-                seed=settings.seed,
-            )
+            chunking = {"chunk_size": chunk_size, "window_chunks": window_chunks}
+            if neighbourhood_scores is None:
+                sampler = ChunkShuffleSampler(self.indices, **chunking, seed=settings.seed)
+            else:
+                sampler = ChunkNeighbourhoodSampler(
+                    self.indices,
+                    neighbourhood_scores,
+                    group_size=neighbourhood_size,
+                    **chunking,
+                    seed=settings.seed,
+                )
             self.sampler.sampler = sampler
             # Lightning sets the epoch on the loader's sampler, the batch sampler here
             self.sampler.set_epoch = sampler.set_epoch

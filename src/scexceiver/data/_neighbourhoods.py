@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import BatchSampler, Sampler
 
 from ._ranks import replica_rank
+from ._sampler import bucketed_order
 
 #: Cells up to which :func:`nearest_cells` compares every pair.
 _EXACT_CELLS = 4096
@@ -31,6 +32,11 @@ class NeighbourhoodSampler(Sampler[int]):
     whole neighbourhoods but for its last; when there are fewer cells than visits,
     the order wraps around.
 
+    With ``lengths``, the neighbourhoods are also batched by length: each batch of
+    ``batch_size`` positions holds whole neighbourhoods whose longest cells are alike
+    (as :class:`~scexceiver.data.LengthGroupedSampler` batches single cells), so less of
+    it is padding.
+
     Parameters
     ----------
     neighbours
@@ -44,6 +50,14 @@ class NeighbourhoodSampler(Sampler[int]):
     num_replicas, rank
         Number of DDP processes and this one's rank; ``None`` reads them from
         :mod:`torch.distributed` when it is initialised (otherwise 1 and 0).
+    lengths
+        Number of expressed genes of each cell, to batch neighbourhoods by length;
+        ``None``: batches of neighbourhoods in random order.
+    batch_size
+        Positions per batch the yielded positions will be grouped into (with
+        ``lengths``; a multiple of ``group_size``).
+    bucket_batches
+        Batches per bucket sorted by length (with ``lengths``).
     """
 
     def __init__(
@@ -54,6 +68,9 @@ class NeighbourhoodSampler(Sampler[int]):
         seed: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
+        lengths: np.ndarray | None = None,
+        batch_size: int | None = None,
+        bucket_batches: int = 16,
     ) -> None:
         neighbours = np.asarray(neighbours)
         if neighbours.ndim != 2 or not 1 <= group_size <= neighbours.shape[1] + 1:
@@ -61,8 +78,20 @@ class NeighbourhoodSampler(Sampler[int]):
                 f"neighbours must be (cells, k) and 1 <= group_size <= k + 1; got shape "
                 f"{neighbours.shape} and group_size {group_size}."
             )
+        if lengths is not None and (
+            batch_size is None or batch_size % group_size or len(lengths) != len(neighbours)
+        ):
+            raise ValueError(
+                f"batching neighbourhoods by length needs one length per cell and a "
+                f"batch_size that is a multiple of group_size ({group_size}); got "
+                f"{len(lengths)} lengths for {len(neighbours)} cells and batch_size "
+                f"{batch_size}."
+            )
         self.neighbours = torch.as_tensor(neighbours, dtype=torch.int64)
         self.group_size = group_size
+        self.lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
+        self.batch_size = batch_size
+        self.bucket_batches = bucket_batches
         self.seed = int(torch.randint(2**31, ())) if seed is None else seed
         self.num_replicas, self.rank = replica_rank(num_replicas, rank)
         self.epoch = 0
@@ -85,16 +114,27 @@ class NeighbourhoodSampler(Sampler[int]):
         picks = torch.rand(len(visits), k, generator=generator).argsort(dim=1)
         mine = slice(self.rank * share, (self.rank + 1) * share)
         visits, picks = visits[mine], picks[mine, : self.group_size - 1]
-        chosen = self.neighbours[visits].gather(1, picks)
-        yield from torch.cat([visits[:, None], chosen], dim=1).flatten()[: len(self)].tolist()
+        groups = torch.cat([visits[:, None], self.neighbours[visits].gather(1, picks)], dim=1)
+        if self.lengths is not None:
+            longest = self.lengths[groups].amax(dim=1)
+            per_batch = self.batch_size // self.group_size
+            groups = groups[bucketed_order(longest, per_batch, self.bucket_batches, generator)]
+        yield from groups.flatten()[: len(self)].tolist()
 
 
-def use_neighbourhoods(loader, neighbours: np.ndarray, group_size: int, *, seed: int | None):
+def use_neighbourhoods(
+    loader,
+    neighbours: np.ndarray,
+    group_size: int,
+    *,
+    seed: int | None,
+    lengths: np.ndarray | None = None,
+) -> None:
     """Make a shuffling :class:`~scvi.dataloaders.AnnDataLoader` batch neighbourhoods.
 
     ``loader`` must have been built with ``shuffle=False`` and its default sampler;
     ``neighbours`` holds positions into its ``indices``. Its batches are then drawn by
-    a :class:`NeighbourhoodSampler`.
+    a :class:`NeighbourhoodSampler`, batched by ``lengths`` (of its cells) when given.
     """
     if not isinstance(loader.sampler, BatchSampler):
         raise ValueError(
@@ -105,7 +145,13 @@ def use_neighbourhoods(loader, neighbours: np.ndarray, group_size: int, *, seed:
         raise ValueError(
             f"neighbours has {len(neighbours)} rows for a loader of {len(loader.indices)} cells."
         )
-    sampler = NeighbourhoodSampler(neighbours, group_size, seed=seed)
+    sampler = NeighbourhoodSampler(
+        neighbours,
+        group_size,
+        seed=seed,
+        lengths=lengths,
+        batch_size=None if lengths is None else loader.sampler.batch_size,
+    )
     loader.sampler.sampler = sampler
     loader.sampler.set_epoch = sampler.set_epoch
 
@@ -153,7 +199,25 @@ def nearest_cells(
     """
     if n_cells < 2:
         raise ValueError(f"nearest_cells needs at least 2 cells, got {n_cells}.")
-    k = min(k, n_cells - 1)
+    scores = principal_scores(
+        chunks, n_cells, n_comps=n_comps, power_iterations=power_iterations, seed=seed
+    )
+    return cosine_neighbours(scores, min(k, n_cells - 1), seed)
+
+
+def principal_scores(
+    chunks: Callable[[], Iterable[np.ndarray]],
+    n_cells: int,
+    *,
+    n_comps: int = 50,
+    power_iterations: int = 3,
+    seed: int = 0,
+) -> np.ndarray:
+    """(n_cells, n_comps) float32 principal component scores of the rows ``chunks`` gives.
+
+    A randomised SVD of the centred rows (see :func:`nearest_cells`, which compares
+    cells by the cosine of these scores).
+    """
     rng = np.random.default_rng(seed)
     sketch, parts, total = None, [], 0.0
     for rows in chunks():
@@ -171,8 +235,7 @@ def nearest_cells(
     genes = _transposed_times(chunks, basis, mean)
     left, singular, _ = np.linalg.svd(genes.T, full_matrices=False)
     n_comps = min(n_comps, len(singular))
-    scores = (basis @ left[:, :n_comps]) * singular[:n_comps]
-    return _cosine_neighbours(scores.astype(np.float32), k, seed)
+    return ((basis @ left[:, :n_comps]) * singular[:n_comps]).astype(np.float32)
 
 
 def _orthonormal(m: np.ndarray) -> np.ndarray:
@@ -193,7 +256,7 @@ def _transposed_times(chunks, left: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return total - np.outer(mean, left.sum(0))
 
 
-def _cosine_neighbours(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+def cosine_neighbours(points: np.ndarray, k: int, seed: int) -> np.ndarray:
     """(n, k) positions of each point's ``k`` most cosine-similar other points."""
     n = len(points)
     unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)

@@ -60,19 +60,29 @@ class LengthGroupedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        perm = torch.randperm(len(self.lengths), generator=generator)
-        bucket = self.batch_size * self.bucket_batches
-        ordered = []
-        for chunk in perm.split(bucket):
-            # stable sort keeps the random order among equal lengths
-            order = self.lengths[chunk].argsort(stable=True)
-            ordered.append(chunk[order])
-        batches = list(torch.cat(ordered).split(self.batch_size)) if ordered else []
-        n_full = len(self.lengths) // self.batch_size
-        shuffled = torch.randperm(n_full, generator=generator).tolist()
-        batches = [batches[i] for i in shuffled] + batches[n_full:]
-        for batch in batches:
-            yield from batch.tolist()
+        order = bucketed_order(self.lengths, self.batch_size, self.bucket_batches, generator)
+        yield from order.tolist()
+
+
+def bucketed_order(
+    lengths: torch.Tensor, per_batch: int, bucket_batches: int, generator: torch.Generator
+) -> torch.Tensor:
+    """A shuffled order of items in which every run of ``per_batch`` has similar lengths.
+
+    The items are permuted at random, cut into buckets of ``bucket_batches x per_batch``,
+    each bucket is sorted by length (stably, so equal lengths stay in random order) and
+    cut into runs of ``per_batch``, and the full runs are shuffled; the last, possibly
+    partial, run comes last. Returns the positions of the items in that order.
+    """
+    perm = torch.randperm(len(lengths), generator=generator)
+    buckets = perm.split(per_batch * bucket_batches)
+    ordered = [chunk[lengths[chunk].argsort(stable=True)] for chunk in buckets]
+    if not ordered:
+        return perm
+    runs = torch.cat(ordered).split(per_batch)
+    n_full = len(lengths) // per_batch
+    shuffled = torch.randperm(n_full, generator=generator).tolist()
+    return torch.cat([runs[i] for i in shuffled] + list(runs[n_full:]))
 
 
 def expressed_genes_per_cell(x, indices: np.ndarray, *, chunk_size: int = 8192) -> np.ndarray:

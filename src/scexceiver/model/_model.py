@@ -30,9 +30,9 @@ from scexceiver.data import (
     check_obs_key,
     counts_matrix,
     gene_statistics,
-    nearest_cells,
     validate_setup,
 )
+from scexceiver.data._neighbourhoods import cosine_neighbours, principal_scores
 from scexceiver.data._panels import check_gene_panels, measured_table, to_vocabulary
 from scexceiver.data._validate import registered_gene_keys, require_finite
 from scexceiver.module import ExceiverModule
@@ -87,7 +87,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         ``cycle_consistency=1`` for batches that hold the same cell populations (scib
         total above scVI's on Kang 2018, see the docs' quality page), or
         ``neighbour_preservation=0`` to train a model of several batches without the
-        neighbour loss (needed for chunked reading of backed data); see
+        neighbour loss; see
         :class:`~scexceiver.module.ExceiverModule` and :class:`~scexceiver.module.Exceiver`.
 
     Examples
@@ -567,8 +567,11 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         are first found in its standardised input (cosine of 50 principal components,
         :func:`~scexceiver.data.nearest_cells`), and the training minibatches are made
         of neighbourhoods of 4 (:class:`~scexceiver.data.NeighbourhoodSampler`; under
-        DDP each rank visits its own share of the cells), so the loss finds each cell's
-        nearest cells in its minibatch.
+        DDP each rank visits its own share of the cells; with ``length_bucketing``,
+        batched by length), so the loss finds each cell's nearest cells in its
+        minibatch. With chunked reading, the neighbourhoods are found anew in each
+        window of blocks, among its own cells
+        (:class:`~scexceiver.data.ChunkNeighbourhoodSampler`).
 
         Parameters
         ----------
@@ -639,20 +642,12 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         self._validate_anndata()
         neighbourhoods = self.module.neighbour_preservation > 0
         if chunked is None:
-            chunked = bool(self.adata.isbacked) and not length_bucketing and not neighbourhoods
+            chunked = bool(self.adata.isbacked) and not length_bucketing
         if chunked and length_bucketing:
             raise ValueError(
                 "length_bucketing=True cannot be combined with chunked=True; pass one of them."
             )
         distributed = use_distributed_sampler(trainer_kwargs.get("strategy"))
-        if neighbourhoods and (chunked or length_bucketing):
-            raise ValueError(
-                "neighbour_preservation trains on minibatches of neighbourhoods, which "
-                "cannot be combined with chunked=True or length_bucketing=True; pass "
-                "chunked=False and length_bucketing=False, or build the model with "
-                "neighbour_preservation=0 (the default preset turns it on for data of two "
-                "or more batches)."
-            )
         if (chunked or neighbourhoods) and distributed:
             # these samplers shard the ranks themselves; Lightning must not replace them
             trainer_kwargs.setdefault("use_distributed_sampler", False)
@@ -669,6 +664,12 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             **(plan_kwargs or {}),
         }
         batch_size = batch_size or defaults["batch_size"]
+        if neighbourhoods and length_bucketing and batch_size % _NEIGHBOURHOOD_SIZE:
+            raise ValueError(
+                f"length_bucketing batches whole neighbourhoods of {_NEIGHBOURHOOD_SIZE} "
+                f"cells (neighbour_preservation), so batch_size must be a multiple of "
+                f"{_NEIGHBOURHOOD_SIZE}; got {batch_size}."
+            )
         if max_epochs is None:
             max_epochs = default_max_epochs(self.adata.n_obs)
         if precision is None:
@@ -702,7 +703,7 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
             self._fit_statistics(datamodule.train_idx)
         if neighbourhoods:
             datamodule.data_loader_kwargs.update(
-                neighbourhoods=self._input_neighbours(datamodule.train_idx),
+                self._input_neighbourhoods(datamodule.train_idx, chunked),
                 neighbourhood_size=_NEIGHBOURHOOD_SIZE,
             )
         trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
@@ -743,11 +744,14 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
         )
 
     @torch.inference_mode()
-    def _input_neighbours(self, cells: np.ndarray) -> np.ndarray:
-        """(cells, k) positions into ``cells`` of each one's nearest cells in its input.
+    def _input_neighbourhoods(self, cells: np.ndarray, chunked: bool) -> dict[str, np.ndarray]:
+        """Loader arguments that batch ``cells`` in neighbourhoods of their input.
 
         Cells are compared by the cosine of the principal components of their
-        standardised input (:meth:`~scexceiver.module.ExceiverModule.standardised_input`).
+        standardised input (:meth:`~scexceiver.module.ExceiverModule.standardised_input`):
+        in memory, each cell's nearest cells among all ``cells`` (``neighbourhoods``);
+        with chunked reading, the components themselves (``neighbourhood_scores``), from
+        which each window of blocks finds its cells' nearest cells among its own.
         """
         loader = self._make_data_loader(
             adata=self.adata,
@@ -763,14 +767,20 @@ class ExceiverModel(UnsupervisedTrainingMixin, BaseModelClass):
                 yield self.module.standardised_input(tensors).float().cpu().numpy()
 
         start = time.perf_counter()
-        neighbours = nearest_cells(chunks, len(cells), _INPUT_NEIGHBOURS, seed=scvi.settings.seed)
+        seed = scvi.settings.seed
+        scores = principal_scores(chunks, len(cells), seed=seed)
+        if chunked:
+            found = {"neighbourhood_scores": scores}
+        else:
+            k = min(_INPUT_NEIGHBOURS, len(cells) - 1)
+            found = {"neighbourhoods": cosine_neighbours(scores, k, seed)}
         logger.info(
-            "Found each of %d training cells' %d nearest cells in their input in %.1f s.",
+            "Compared %d training cells' input (%s) in %.1f s.",
             len(cells),
-            neighbours.shape[1],
+            "neighbours found within windows" if chunked else f"{k} nearest cells each",
             time.perf_counter() - start,
         )
-        return neighbours
+        return found
 
     def _vocabulary_statistics(self, cells: np.ndarray) -> GeneStatistics:
         """Gene statistics of the registered AnnData's ``cells``, on the vocabulary."""
