@@ -121,10 +121,14 @@ def test_standardising_per_batch_mixes_a_level_shifted_batch(shifted_runs, tmp_p
     model.save(tmp_path / "integration")
     loaded = ExceiverModel.load(tmp_path / "integration", adata=data)
     assert loaded.preset == "integration" and loaded.module.batch_standardise
+    # with two batches the preset keeps the default's neighbour loss and untied tables
+    assert loaded.module.neighbour_preservation == 3
+    assert loaded.module.network.encoder_gene_embedding is not None
     np.testing.assert_array_equal(loaded.get_latent_representation(), embedding)
 
 
 def test_the_integration_preset_trades_the_decoders_batch_options_for_a_large_start():
+    # and keeps the default's neighbour loss (None: on with two or more batches)
     default = resolve_preset("default")
     integration = resolve_preset("integration")
     changed = {k: integration[k] for k in default if default[k] != integration[k]}
@@ -135,8 +139,6 @@ def test_the_integration_preset_trades_the_decoders_batch_options_for_a_large_st
         "batch_context": False,
         "embedding_std": None,
         "input_thinning": 0.0,
-        "neighbour_preservation": 0.0,
-        "tie_gene_embeddings": True,
     }
     assert TRAINING["integration"] == TRAINING["default"]
 
